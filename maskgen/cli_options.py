@@ -1,0 +1,28 @@
+"""Command-line options shared by `mask`, `generate` and `preview` (typer `Annotated` types)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from maskgen.faces.layouts import LAYOUTS
+from maskgen.masks.families import FAMILIES
+from maskgen.masks.options import PATTERNS, WEAR_SHIFTS
+
+MaskType = Annotated[str, typer.Option("--type", help=f"Mask types: random, one of {', '.join(FAMILIES)}, or weights like surgical:0.7,n95:0.3.")]
+Color = Annotated[str, typer.Option("--color", help="Colours: random (each type's own palette) or a comma list of CSS names / #hex.")]
+Pattern = Annotated[str, typer.Option("--pattern", help=f"Patterns: random (each type's own mix), one of {', '.join(PATTERNS)}, or weights like plain:0.8,stripes:0.2.")]
+Wear = Annotated[str, typer.Option("--wear", help=f"How masks are worn: one of {', '.join(WEAR_SHIFTS)}, or weights like proper:0.8,nose:0.1,chin:0.1 (nose = nose exposed, chin = on the chin).")]
+WearJitter = Annotated[float, typer.Option("--wear-jitter", help="Random shift (0..0.5) added to each wear position, for continuous variety.")]
+TextureWeight = Annotated[Optional[float], typer.Option("--texture-weight", help="Pattern strength 0..1 (default: random 0.5..1).")]
+Variants = Annotated[int, typer.Option("--variants", "-n", min=1, help="Masked variants per face.")]
+KeepOriginal = Annotated[bool, typer.Option("--keep-original/--no-keep-original", help="Also write each original image, with its own manifest row.")]
+Seed = Annotated[int, typer.Option("--seed", help="Global seed; each image's randomness is hash(seed, its path): same seed, same bytes.")]
+Aligned = Annotated[bool, typer.Option("--aligned/--wild", help="Inputs are aligned face crops (face box from the crop, no detector) or photos in the wild (every face detected).")]
+Layout = Annotated[str, typer.Option("--layout", help=f"Aligned crop layout: {', '.join(LAYOUTS)} (auto: 96x112 -> sphereface, 112x112 -> arcface, else dlib chips).")]
+Detector = Annotated[str, typer.Option("--detector", help="Face detector for --wild: hog (fast) or cnn (dlib's mmod: finds more turned/small faces, ~10x slower on a CPU).")]
+Upsample = Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, help="HOG upsampling for --wild (finds smaller faces, ~4x time each); default 1 up to 2000 px, else 0.")]
+ImageFormat = Annotated[Optional[str], typer.Option("--format", help="Output image format: jpg, png, webp... (default: the input's own).")]
+Quality = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality (default: the input's own, estimated from its tables).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; errors only.")]

@@ -1,0 +1,85 @@
+"""Where a mask lies on a face: a grid of anchor points built from the 68 landmarks.
+
+Template space is the unit square: u runs from the mask's left edge (on the face's left
+cheek, image left for a frontal face) to its right edge, v from the top edge to the bottom
+edge. Column u = 0.5 always sits on the face's midline (nose, mouth, chin), so under yaw
+the centre seam moves with the nose and the far side narrows by itself."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskgen.masks.families import Fit
+
+MIDLINE = (27, 28, 29, 30, 33, 51, 57, 8)  # nose bridge -> nose tip -> lips -> chin
+U = np.linspace(0.0, 1.0, 9)  # anchor columns
+V = np.linspace(0.0, 1.0, 4)  # anchor rows
+_S = np.linspace(0.0, 1.0, 5)  # half a row: from the cheek (0) to the midline (1)
+_LIDS = [36, 39, 40, 41, 42, 45, 46, 47]
+
+# wear_shift -> top edge on the midline / corner on the jaw: proper, nose exposed, on the chin
+_SHIFTS = (0.0, 0.5, 1.0)
+_NOSE_EXPOSED_TOP, _CHIN_TOP = 4.35, 6.3  # just below the nose base (33), below the lower lip (57)
+_NOSE_EXPOSED_SIDE, _CHIN_SIDE = 3.0, 4.6
+
+
+def along(points: np.ndarray, index) -> np.ndarray:
+    """Points at fractional positions along a polyline (index may be an array)."""
+    index = np.asarray(index, dtype=np.float64)
+    i = np.clip(np.floor(index).astype(int), 0, len(points) - 2)
+    t = (index - i)[..., None]
+    return points[i] * (1 - t) + points[i + 1] * t
+
+
+def _outward(p: np.ndarray, centre: np.ndarray, distance) -> np.ndarray:
+    d = p - centre
+    return p + d / (np.linalg.norm(d, axis=-1, keepdims=True) + 1e-6) * np.asarray(distance)[..., None]
+
+
+def _wear(shift: float, proper: float, nose: float, chin: float) -> float:
+    if shift < 0:  # worn high: slide up from the proper position
+        return proper + 2.0 * shift
+    return float(np.interp(shift, _SHIFTS, (proper, nose, chin)))
+
+
+def anchor_grid(points: np.ndarray, fit: Fit, wear_shift: float = 0.0) -> np.ndarray:
+    """Image positions (len(V), len(U), 2) of the template's anchor nodes (U x V)."""
+    pts = points.astype(np.float64)
+    jaw, midline = pts[:17], pts[list(MIDLINE)]
+    eyes = pts[36:42].mean(0), pts[42:48].mean(0)
+    across = eyes[1] - eyes[0]
+    eye_dist = np.hypot(*across) + 1e-6
+    down = np.array([-across[1], across[0]]) / eye_dist
+    face_w, face_h = np.hypot(*(jaw[16] - jaw[0])), np.hypot(*(pts[27] - pts[8]))
+    centre = pts[27:36].mean(0)
+
+    top_index = max(0.5, _wear(wear_shift, fit.top, _NOSE_EXPOSED_TOP, _CHIN_TOP))
+    side = max(0.5, _wear(wear_shift, fit.side, _NOSE_EXPOSED_SIDE, _CHIN_SIDE))
+    bottom_start = min(side + 2.5, 7.0)
+    nose_top = along(midline, top_index)
+    sag = down * fit.sag * face_h * np.sin(np.pi * _S)[:, None]
+    push = fit.width * face_w * (1 - _S) + fit.bottom * face_h * _S
+
+    def half(jaw_side: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top and bottom edge points from the cheek (s = 0) to the midline (s = 1)."""
+        corner = _outward(along(jaw_side, side), centre, fit.width * face_w)
+        tops = corner * (1 - _S[:, None]) + nose_top * _S[:, None] + sag
+        bottoms = _outward(along(jaw_side, bottom_start + _S * (8.0 - bottom_start)), centre, push)
+        return tops, bottoms
+
+    (left_top, left_bottom), (right_top, right_bottom) = half(jaw), half(jaw[::-1])
+    top = np.concatenate([left_top, right_top[-2::-1]])  # 9 columns, left to right
+    bottom = np.concatenate([left_bottom, right_bottom[-2::-1]])
+
+    # Keep the top edge clear of the eyes, whatever the wear shift and head roll.
+    eye_mid = (eyes[0] + eyes[1]) / 2
+    floor = ((pts[_LIDS] - eye_mid) @ down).max() + 0.12 * eye_dist
+    top += np.clip(floor - (top - eye_mid) @ down, 0, None)[:, None] * down
+
+    # Interior: straight columns, bent towards the real midline near the centre (nose, lips).
+    midline_pts = along(midline, np.linspace(top_index, len(MIDLINE) - 1, len(V)))
+    midline_pts[0], midline_pts[-1] = top[4], bottom[4]
+    straight_mid = top[4] + V[:, None] * (bottom[4] - top[4])
+    bend = (1 - np.abs(2 * U - 1))[None, :, None]
+    grid = top[None] + V[:, None, None] * (bottom - top)[None]
+    return grid + bend * (midline_pts - straight_mid)[:, None, :]

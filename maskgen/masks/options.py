@@ -1,0 +1,134 @@
+"""What mask to put on a face: user-facing distributions (`MaskOptions`) and one concrete
+draw from them (`MaskSpec`), made deterministic by a per-image seed."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import ImageColor
+
+from maskgen.masks.families import FAMILIES, family
+
+PATTERNS = ("plain", "stripes", "dots", "checks", "woven")
+
+# Named ways of wearing a mask -> position of its top edge (`wear_shift`):
+# 0 = properly (nose bridge to under the chin), 0.5 = nose exposed, 1 = on the chin.
+WEAR_SHIFTS = {"proper": 0.0, "high": -0.12, "low": 0.2, "nose": 0.5, "chin": 1.0}
+
+
+def variant_seed(global_seed: int, key: str, variant: int = 0) -> int:
+    """A 64-bit seed from (global seed, image path, variant): stable across processes,
+    machines and worker counts (unlike Python's salted hash())."""
+    digest = hashlib.blake2b(f"{global_seed}\0{key}\0{variant}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def parse_distribution(spec: str, choices, option: str) -> dict[str, float] | None:
+    """`random` -> None (each family's own choice); `a` -> {a: 1}; `a:0.7,b:0.3` -> weights."""
+    spec = spec.strip().lower()
+    if spec in ("", "random"):
+        return None
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, weight = part.strip().partition(":")
+        if name not in choices:
+            raise ValueError(f"{option}: unknown value {name!r} (choose from random, {', '.join(choices)})")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"{option}: weight of {name!r} is not a number: {weight!r}") from None
+        if weights[name] < 0:
+            raise ValueError(f"{option}: weight of {name!r} is negative")
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"{option}: the weights add up to zero")
+    return weights
+
+
+def parse_colors(spec: str) -> list[str] | None:
+    """`random` -> None; otherwise a comma list of CSS names or #hex, as #rrggbb."""
+    spec = spec.strip()
+    if spec.lower() in ("", "random"):
+        return None
+    colors = []
+    for name in spec.split(","):
+        try:
+            r, g, b = ImageColor.getrgb(name.strip())[:3]
+        except ValueError:
+            raise ValueError(f"--color: {name.strip()!r} is not a colour name or #hex value") from None
+        colors.append(f"#{r:02x}{g:02x}{b:02x}")
+    return colors
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Distributions the masks are drawn from. None = each family's own realistic choice."""
+
+    types: dict[str, float] | None = None  # family -> weight; None = all families equally
+    colors: list[str] | None = None  # picked uniformly; None = the family's palette
+    patterns: dict[str, float] | None = None  # pattern -> weight; None = the family's mix
+    wear: dict[str, float] | None = None  # way of wearing -> weight; None = always proper
+    wear_jitter: float = 0.0  # +- uniform noise added to each wear shift
+    texture_weight: float | None = None  # 0..1 strength of the pattern; None = random 0.5..1
+
+    @classmethod
+    def parse(
+        cls,
+        type: str = "random",
+        color: str = "random",
+        pattern: str = "random",
+        wear: str = "proper",
+        wear_jitter: float = 0.0,
+        texture_weight: float | None = None,
+    ) -> MaskOptions:
+        if texture_weight is not None and not 0 <= texture_weight <= 1:
+            raise ValueError(f"--texture-weight must be between 0 and 1, got {texture_weight}")
+        if not 0 <= wear_jitter <= 0.5:
+            raise ValueError(f"--wear-jitter must be between 0 and 0.5, got {wear_jitter}")
+        return cls(
+            types=parse_distribution(type, tuple(FAMILIES), "--type"),
+            colors=parse_colors(color),
+            patterns=parse_distribution(pattern, PATTERNS, "--pattern"),
+            wear=parse_distribution(wear, tuple(WEAR_SHIFTS), "--wear"),
+            wear_jitter=wear_jitter,
+            texture_weight=texture_weight,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MaskOptions:
+        return cls(**data)
+
+    def sample(self, seed: int) -> MaskSpec:
+        """One concrete mask, fully determined by `seed`."""
+        rng = np.random.default_rng(seed)
+        mask_type = _pick(rng, self.types or {name: 1.0 for name in FAMILIES})
+        fam = family(mask_type)
+        color = self.colors[rng.integers(len(self.colors))] if self.colors else _pick(rng, fam.colors)
+        pattern = _pick(rng, self.patterns or fam.patterns)
+        wear = _pick(rng, self.wear or {"proper": 1.0})
+        shift = WEAR_SHIFTS[wear] + rng.uniform(-self.wear_jitter, self.wear_jitter)
+        weight = self.texture_weight if self.texture_weight is not None else rng.uniform(0.5, 1.0)
+        return MaskSpec(mask_type, color, pattern, float(weight), wear, float(shift), seed)
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """One mask, every parameter recorded so the result can be reproduced exactly."""
+
+    mask_type: str
+    color: str  # "#rrggbb"
+    pattern: str
+    texture_weight: float
+    wear: str
+    wear_shift: float
+    seed: int  # drives the remaining randomness: pattern phase, sensor noise
+
+
+def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    names = sorted(weights)
+    p = np.array([weights[n] for n in names], dtype=float)
+    return names[rng.choice(len(names), p=p / p.sum())]

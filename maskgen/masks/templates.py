@@ -1,0 +1,120 @@
+"""Mask templates drawn by code: for each family, in template space (u across, v down),
+an alpha map (the outline), a relief map (pleats, seams, cup: multiplies the shading) and
+an accent map (parts in a second colour, e.g. filter cartridges). Plus tileable patterns.
+
+Drawn once per process (cached); a render only samples them."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import cv2
+import numpy as np
+
+from maskgen.masks.families import family
+
+TEMPLATE_W, TEMPLATE_H = 160, 120  # template raster size (u, v)
+_SS = 4  # supersampling for antialiased outlines
+
+
+def _unit_grid(w: int = TEMPLATE_W, h: int = TEMPLATE_H) -> tuple[np.ndarray, np.ndarray]:
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    return u / (w - 1), v / (h - 1)
+
+
+def _outline_alpha(outline) -> np.ndarray:
+    big = np.zeros((TEMPLATE_H * _SS, TEMPLATE_W * _SS), np.uint8)
+    scale = np.array([TEMPLATE_W * _SS - 1, TEMPLATE_H * _SS - 1], np.float32)
+    if outline == "ellipse":
+        centre = tuple(int(c) for c in scale / 2)
+        cv2.ellipse(big, centre, centre, 0, 0, 360, 255, -1)
+    else:
+        cv2.fillPoly(big, [np.round(np.array(outline, np.float32) * scale).astype(np.int32)], 255)
+    return cv2.resize(big, (TEMPLATE_W, TEMPLATE_H), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+
+
+def _disc(u, v, centre, radius) -> np.ndarray:
+    aspect = TEMPLATE_W / TEMPLATE_H  # keep discs round in the (wider) template
+    d = np.hypot((u - centre[0]) * aspect, v - centre[1]) / radius
+    return np.clip((1 - d) * radius * TEMPLATE_H / 1.5, 0, 1)  # soft 1.5 px edge
+
+
+def _relief(alpha: np.ndarray, features) -> tuple[np.ndarray, np.ndarray]:
+    u, v = _unit_grid()
+    relief = np.ones_like(u)
+    accent = np.zeros_like(u)
+    inside = (alpha > 0.5).astype(np.uint8)
+    edge_dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3) / TEMPLATE_H  # in units of v
+    for f in features:
+        kind, depth = f["kind"], f.get("depth", 0.2)
+        if kind == "pleats":  # sawtooth folds across the middle, crisp dark crease at each fold
+            n = f["count"]
+            phase = np.clip((v - 0.18) / 0.64, 0, 1) * n
+            saw = phase - np.floor(phase)
+            in_band = (v > 0.18) & (v < 0.82)
+            relief *= np.where(in_band, 1 + depth * (saw - 0.5) - depth * 0.6 * (saw > 0.92), 1)
+        elif kind == "band":  # bound top and bottom edges
+            w = f["width"]
+            relief *= np.where((v < w) | (v > 1 - w), 1 - depth, 1)
+            relief *= np.where((np.abs(v - w) < 0.008) | (np.abs(v - (1 - w)) < 0.008), 1 - 2 * depth, 1)
+        elif kind == "nose_wire":
+            relief *= np.where((np.abs(u - 0.5) < f["width"] / 2) & (v < 0.06), 1 + depth, 1)
+        elif kind == "cup":  # a dome: lighter in the middle, falling off to the rim
+            r2 = ((u - 0.5) / 0.5) ** 2 + ((v - 0.5) / 0.5) ** 2
+            relief *= 1 + depth * (0.3 - 0.6 * np.clip(r2, 0, 1.5))
+        elif kind == "rim":
+            relief *= np.where(edge_dist < f["width"], 1 - depth, 1)
+        elif kind == "fold":  # two panels: one faces the light a little more
+            relief *= 1 + depth * np.tanh((0.5 - u) * 12) * 0.5
+        elif kind == "seam":
+            relief *= 1 - depth * np.exp(-(((u - 0.5) / f["width"]) ** 2))
+        elif kind == "cartridges":
+            for c in f["centers"]:
+                disc = _disc(u, v, c, f["radius"])
+                accent = np.maximum(accent, disc)
+                relief *= 1 + depth * disc * (0.4 - np.hypot(u - c[0], v - c[1]) / f["radius"])
+        elif kind == "valve":
+            disc = _disc(u, v, f["center"], f["radius"])
+            relief *= 1 - depth * disc * 0.6
+        else:
+            raise ValueError(f"unknown relief feature {kind!r}")
+    return relief.astype(np.float32), accent.astype(np.float32)
+
+
+@cache
+def template(name: str) -> np.ndarray:
+    """(H, W, 3) float32: alpha, relief, accent, in template space. Includes the accent
+    parts (cartridges) in alpha even where they stand out of the outline."""
+    fam = family(name)
+    alpha = _outline_alpha(fam.outline)
+    relief, accent = _relief(alpha, fam.relief)
+    alpha = np.maximum(alpha, accent)
+    return np.ascontiguousarray(np.dstack([alpha, relief, accent]))
+
+
+@cache
+def pattern(name: str) -> np.ndarray:
+    """A (2H, 2W) float32 map in 0..1 of where the second colour shows. Twice the
+    template size so that a render can take a randomly offset window (the pattern's phase)."""
+    u, v = _unit_grid(2 * TEMPLATE_W, 2 * TEMPLATE_H)
+    u, v = u * 2 * TEMPLATE_W / TEMPLATE_H, v * 2  # square cells: units of template height
+    if name == "plain":
+        p = np.zeros_like(u)
+    elif name == "stripes":  # diagonal stripes with soft edges
+        p = np.clip(np.sin(2 * np.pi * (u + v) * 4) * 3, -1, 1) * 0.5 + 0.5
+    elif name == "dots":
+        cu, cv = (u * 7) % 1 - 0.5, (v * 7 + 0.5 * (np.floor(u * 7) % 2)) % 1 - 0.5
+        p = np.clip((0.28 - np.hypot(cu, cv)) * 25, 0, 1)
+    elif name == "checks":  # gingham: two crossing stripe sets
+        a = (np.sin(2 * np.pi * u * 4) > 0).astype(np.float32)
+        b = (np.sin(2 * np.pi * v * 4) > 0).astype(np.float32)
+        p = (a + b) / 2
+    elif name == "woven":  # over-under threads plus a little yarn noise
+        warp = 0.5 + 0.5 * np.sin(2 * np.pi * u * 28)
+        weft = 0.5 + 0.5 * np.sin(2 * np.pi * v * 28)
+        over = (np.floor(u * 28) + np.floor(v * 28)) % 2
+        noise = cv2.GaussianBlur(np.random.default_rng(0).random(u.shape, np.float32), (0, 0), 1.2)
+        p = np.where(over > 0, warp, weft) * 0.7 + (noise - 0.5) * 0.6
+    else:
+        raise ValueError(f"unknown pattern {name!r}")
+    return np.ascontiguousarray(np.clip(p, 0, 1).astype(np.float32))

@@ -1,0 +1,133 @@
+"""Thin typer commands over the pipeline: parse options, call one function, print.
+
+Registered in maskgen/cli.py: `app.command("generate")(commands.generate)` and so on.
+Exit codes: 0 done, 1 finished with failed shards, 2 unusable input/options/output folder,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from maskgen.pipeline.generate import GenerateRequest, build_job_config
+from maskgen.pipeline.generate import generate as run_generate
+from maskgen.pipeline.inputs import InputError
+from maskgen.pipeline.plan import PlanMismatch
+from maskgen.pipeline.progress import RichReporter, SilentReporter, print_summary
+from maskgen.pipeline.runner import RunnerError
+
+EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _fail(message: str, as_json: bool) -> typer.Exit:
+    if as_json:
+        print(json.dumps({"error": message}))
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def generate(
+    in_tree: Annotated[Path, typer.Argument(help="Aligned face tree <root>/<identity>/<image> (with --input-list: the root its relative paths start from).", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder: images/, manifest/, plan/, stats/ go here (a path all nodes share on a cluster).", show_default=False)],
+    variants: Annotated[int, typer.Option("--variants", "-n", help="Masked variants per face.")] = 1,
+    mask_type: Annotated[str, typer.Option("--type", help="Mask types: random, a type, or weights like surgical:0.7,n95:0.3.")] = "random",
+    color: Annotated[str, typer.Option("--color", help="Colours: random (each type's palette) or a comma list of names / #hex.")] = "random",
+    pattern: Annotated[str, typer.Option("--pattern", help="Patterns: random, a pattern, or weights like plain:0.8,stripes:0.2.")] = "random",
+    wear: Annotated[str, typer.Option("--wear", help="How masks are worn: proper, or weights like proper:0.8,nose:0.1,chin:0.1.")] = "proper",
+    wear_jitter: Annotated[float, typer.Option("--wear-jitter", help="Random shift (0..0.5) added to each wear position.")] = 0.0,
+    texture_weight: Annotated[Optional[float], typer.Option("--texture-weight", help="Pattern strength 0..1 (default: random 0.5..1).")] = None,
+    keep_original: Annotated[bool, typer.Option("--keep-original/--no-keep-original", help="Also write each original image with its own manifest row.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Global seed; each image's randomness is hash(seed, its path).")] = 0,
+    aligned: Annotated[bool, typer.Option("--aligned/--wild", help="Inputs are aligned crops (no face detector) or wild photos.")] = True,
+    image_format: Annotated[Optional[str], typer.Option("--format", help="Output image format: same (as the input), jpg, png or webp.")] = None,
+    quality: Annotated[Optional[int], typer.Option("--quality", help="JPEG/WEBP quality 1..100 (default: the input's own).")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Images per shard: the unit of work, retry and resume.")] = 1000,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (e.g. head:6379); default: start Ray on this machine.")] = None,
+    input_list: Annotated[Optional[Path], typer.Option("--input-list", help="Parquet/CSV/TXT list of paths (columns: path, identity, landmarks) instead of walking IN_TREE.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per shard before it is reported as failed.")] = 3,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; errors only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object on stdout.")] = False,
+) -> None:
+    """Mask every face of IN_TREE into OUT_DIR with Ray; resumable, one manifest row per image x variant."""
+    try:
+        config = build_job_config(
+            variants=variants, mask_type=mask_type, color=color, pattern=pattern, wear=wear,
+            wear_jitter=wear_jitter, texture_weight=texture_weight, keep_original=keep_original,
+            seed=seed, aligned=aligned, image_format=image_format, quality=quality,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), as_json) from None
+    request = GenerateRequest(
+        input_root=in_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
+        address=address, input_list=input_list, overwrite=overwrite, max_attempts=max_attempts,
+    )
+    run_generate_request(request, quiet=quiet, as_json=as_json)
+
+
+def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_json: bool = False):
+    """Run a request with the CLI's output and exit codes (shared by `generate` and `run`)."""
+    live = not (quiet or as_json)
+    try:
+        summary = run_generate(request, RichReporter() if live else SilentReporter())
+    except (InputError, PlanMismatch, RunnerError) as exc:
+        raise _fail(str(exc), as_json) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=1))
+    elif not quiet:
+        print_summary(summary, Console())
+    if summary.exit_code:
+        raise typer.Exit(EXIT_FAILED_SHARDS)
+    return summary
+
+
+def inspect(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder of a generate run.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    top: Annotated[int, typer.Option("--top", help="Rows to show for identities and failure examples.")] = 10,
+) -> None:
+    """Counts by status, mask type, wear and identity; failure examples; coverage statistics."""
+    from maskgen.pipeline.inspect import inspect_output, print_report
+
+    try:
+        report = inspect_output(out_dir, examples=top)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc), as_json) from None
+    if as_json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report, Console(), top=top)
+
+
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline file, e.g. pipelines/demo.toml.", show_default=False)],
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; overrides the file.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace previous outputs made with other options.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each stage's summary as JSON (one object per line).")] = False,
+) -> None:
+    """Run every stage of a pipeline file (`[generate]` today; later stages add sections)."""
+    from maskgen.pipeline.jobs import PipelineError, load_pipeline, run_pipeline
+
+    try:
+        stages = load_pipeline(pipeline)
+    except PipelineError as exc:
+        raise _fail(str(exc), as_json) from None
+    run_pipeline(stages, address=address, overwrite=overwrite, quiet=quiet, as_json=as_json)
+
+
+if __name__ == "__main__":  # python -m maskgen.pipeline.commands generate ... (without cli.py)
+    _app = typer.Typer(add_completion=False, no_args_is_help=True)
+    for _name, _fn in (("generate", generate), ("inspect", inspect), ("run", run)):
+        _app.command(_name)(_fn)
+    _app(prog_name="maskgen", args=sys.argv[1:])

@@ -1,0 +1,209 @@
+"""One image in, its variants out: decode, landmarks, masks, encode, write.
+
+`ImageJob` holds the heavy state (the dlib models) and is built once per worker process or
+Ray actor; `process` never raises for a bad input: every failure is a row."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from maskgen.faces.landmarks import Face, Landmarker
+from maskgen.images import ImageError, decode_image, encode_image, encode_mask, output_format, write_atomic
+from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
+from maskgen.masks.render import RenderError, render_mask
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything that changes the output bytes (hashed into a run's config hash)."""
+
+    aligned: bool = True  # inputs are aligned crops: face box from crop geometry, no detector
+    layout: str = "auto"  # aligned crop layout: auto, dlib, sphereface, arcface
+    detector: str = "hog"  # photos in the wild: hog or cnn (mmod)
+    upsample: int | None = None  # HOG pyramid upsampling; None = by photo size
+    variants: int = 1  # masked variants per face
+    keep_original: bool = False  # also copy the original into the output and give it a row
+    seed: int = 0  # global seed; each image's randomness is hash(seed, src_path, variant)
+    mask: dict = field(default_factory=dict)  # MaskOptions fields (type/color/pattern/wear dists)
+    image_format: str | None = None  # None = same format as the input
+    quality: int | None = None  # JPEG quality; None = the input's own estimated quality
+
+
+def output_names(rel: str, ext: str, config: JobConfig) -> tuple[str | None, list[str]]:
+    """(original's path or None, masked variants' paths), relative to the output root."""
+    path = PurePosixPath(rel)
+    stem = str(path.with_suffix(""))
+    if config.variants == 1 and not config.keep_original:
+        return None, [stem + ext]
+    return (stem + ext if config.keep_original else None), [f"{stem}_m{k}{ext}" for k in range(config.variants)]
+
+
+def occlusion_name(image_rel: str) -> str:
+    return str(PurePosixPath(image_rel).with_suffix("")) + "_mask.png"
+
+
+def check_relative(rel: str) -> None:
+    """An output path must stay inside the output folder, whatever the input is named."""
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"unsafe relative path {rel!r}")
+
+
+class ImageJob:
+    def __init__(self, config: JobConfig):
+        self.config = config
+        self.options = MaskOptions.from_dict(config.mask) if config.mask else MaskOptions()
+        self.landmarker = Landmarker(detector=config.detector, upsample=config.upsample, layout=config.layout)
+
+    def process(self, src: Path, rel: str, out_root: Path, landmarks: np.ndarray | None = None) -> list[dict]:
+        """Mask the image at `src` (`rel`: its path relative to the input root, POSIX); write
+        the outputs under `out_root` mirroring `rel`; return its manifest rows.
+        `landmarks` (68x2), when given, skip the predictor (aligned mode only)."""
+        start = time.perf_counter()
+        base = {"identity": rel.split("/")[0] if "/" in rel else "", "src_path": rel}
+        try:
+            check_relative(rel)
+        except ValueError as err:
+            return self._failed(base, "write_error", err, start)
+        try:
+            data = Path(src).read_bytes()
+            image = decode_image(data)
+            faces = self._faces(image.bgr, landmarks)
+        except OSError as err:
+            return self._failed(base, "decode_error", f"cannot read the file: {err.strerror or err}", start)
+        except (ImageError, _LandmarkError) as err:
+            return self._failed(base, err.status, err, start)
+        if not faces:
+            return self._failed(base, "no_face", "no face found", start)
+
+        fmt, ext = output_format(self.config.image_format or image.format)
+        ext = self._keep_extension(rel, fmt, image.format, ext)
+        original, masked = output_names(rel, ext, self.config)
+        rows = []
+        if original:
+            rows.append(self._write_original(base, original, data, image, fmt, faces[0]))
+        quality = self.config.quality or image.jpeg_quality
+        for k, out_rel in enumerate(masked):
+            rows += self._variant(base, image.bgr, faces, k, out_rel, fmt, quality)
+        elapsed = (time.perf_counter() - start) * 1e3
+        for row in rows:
+            row["elapsed_ms"] = elapsed
+        self._write_all(rows, Path(out_root))
+        return rows
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _faces(self, bgr: np.ndarray, landmarks: np.ndarray | None) -> list[Face]:
+        if landmarks is not None:
+            return [Face((0, 0, bgr.shape[1], bgr.shape[0]), float("inf"), np.asarray(landmarks, np.float32).reshape(68, 2))]
+        if self.config.aligned:
+            face = self.landmarker.aligned(bgr)
+            if not _plausible(face.points, bgr.shape):
+                raise _LandmarkError("landmarks do not form a face: is the image an aligned face crop?")
+            return [face]
+        return self.landmarker.detect(bgr)
+
+    def _variant(self, base, bgr, faces, k, out_rel, fmt, quality) -> list[dict]:
+        """One masked variant: every face in the image gets its own mask."""
+        specs, image, occlusion, coverages = [], bgr, None, []
+        try:
+            for i, face in enumerate(faces):
+                key = base["src_path"] if i == 0 else f"{base['src_path']}#face{i}"
+                spec = self.options.sample(variant_seed(self.config.seed, key, k))
+                rendered = render_mask(image, face.points, spec)
+                image = rendered.image
+                occlusion = rendered.occlusion if occlusion is None else np.maximum(occlusion, rendered.occlusion)
+                specs.append(spec)
+                coverages.append(rendered.coverage)
+            payload = {out_rel: encode_image(image, fmt, quality), occlusion_name(out_rel): encode_mask(occlusion)}
+        except (RenderError, ValueError) as err:
+            return [self._row(base, f, k, None, "render_error", err, i) for i, f in enumerate(faces)]
+        rows = []
+        for i, (face, spec, coverage) in enumerate(zip(faces, specs, coverages)):
+            row = self._row(base, face, k, spec, "ok", "", i)
+            row.update(out_path=out_rel, mask_path=occlusion_name(out_rel), coverage=coverage)
+            rows.append(row)
+        rows[0]["_payload"] = payload
+        return rows
+
+    def _write_original(self, base, out_rel, data, image, fmt, face) -> dict:
+        # Same format: copy the bytes (no re-encoding loss); else convert once.
+        same = fmt == image.format
+        payload = data if same else encode_image(image.bgr, fmt, self.config.quality or image.jpeg_quality)
+        row = self._row(base, face, -1, None, "ok", "", 0)
+        row.update(variant="original", out_path=out_rel, _payload={out_rel: payload})
+        return row
+
+    def _write_all(self, rows: list[dict], out_root: Path) -> None:
+        for row in rows:
+            payload = row.pop("_payload", None)
+            if not payload:
+                continue
+            try:
+                for rel, data in payload.items():
+                    write_atomic(out_root / rel, data)
+            except OSError as err:
+                for r in rows:
+                    if r.get("out_path") == row["out_path"]:
+                        r.update(status="write_error", error=_one_line(err), out_path="", mask_path="")
+
+    # -- rows --------------------------------------------------------------------------
+
+    def _row(self, base, face: Face | None, k: int, spec: MaskSpec | None, status: str, error, face_index: int) -> dict:
+        return {
+            **base,
+            "out_path": "",
+            "mask_path": "",
+            "variant": "masked" if k >= 0 else "original",
+            "variant_index": k,
+            "face_index": face_index,
+            "mask_type": spec.mask_type if spec else "",
+            "color": spec.color if spec else "",
+            "pattern": spec.pattern if spec else "",
+            "texture_weight": spec.texture_weight if spec else None,
+            "wear": spec.wear if spec else "",
+            "wear_shift": spec.wear_shift if spec else None,
+            "seed": spec.seed if spec else variant_seed(self.config.seed, base["src_path"], max(k, 0)),
+            "coverage": None,
+            "landmarks": face.points.ravel().tolist() if face is not None else None,
+            "status": status,
+            "error": _one_line(error) if error else "",
+            "elapsed_ms": None,
+        }
+
+    def _failed(self, base: dict, status: str, error, start: float) -> list[dict]:
+        ks = ([-1] if self.config.keep_original else []) + list(range(self.config.variants))
+        elapsed = (time.perf_counter() - start) * 1e3
+        rows = [self._row(base, None, k, None, status, error, 0) for k in ks]
+        for row in rows:
+            row["elapsed_ms"] = elapsed
+        return rows
+
+    @staticmethod
+    def _keep_extension(rel: str, fmt: str, in_fmt: str, ext: str) -> str:
+        """Keep the input's own extension (.jpeg, .JPG) when the format does not change."""
+        suffix = PurePosixPath(rel).suffix
+        return suffix if fmt == in_fmt and suffix else ext
+
+
+class _LandmarkError(ValueError):
+    status = "landmark_error"
+
+
+def _plausible(points: np.ndarray, shape) -> bool:
+    """A predicted shape that is a face: eyes apart, above the mouth, mostly inside the crop."""
+    h, w = shape[:2]
+    eye_l, eye_r = points[36:42].mean(0), points[42:48].mean(0)
+    mouth = points[48:60].mean(0)
+    eye_dist = float(np.linalg.norm(eye_r - eye_l))
+    inside = ((points >= -0.25 * w) & (points <= 1.25 * np.array([w, h]))).all(1).mean()
+    return eye_dist > 0.08 * w and mouth[1] > max(eye_l[1], eye_r[1]) and inside > 0.9
+
+
+def _one_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:500]

@@ -1,0 +1,256 @@
+"""The plan of a run: its inputs (sorted, fingerprinted) cut into fixed shards, and its config hash.
+
+A plan is made once per OUT_DIR. A re-run makes a candidate plan from the inputs as they
+are now and compares it: the same plan resumes; a different one is refused unless
+`--overwrite`, so results of two configs never mix in one manifest.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maskgen.pipeline.inputs import Entry, InputError
+from maskgen.pipeline.layout import OutputLayout, remove_stale_temps, temp_sibling, write_bytes_atomic
+from maskgen.pipeline.manifest import SCHEMA_VERSION
+
+PLAN_FORMAT = 1
+INPUTS_CHUNK_ROWS = 4096  # row group size of inputs.parquet: bounds the planner's memory
+
+INPUTS_SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("rel", pa.string()),  # relative to the input root, POSIX
+        ("landmarks", pa.list_(pa.float32(), 136)),  # precomputed, or null
+    ]
+)
+
+
+class PlanMismatch(RuntimeError):
+    """OUT_DIR holds a run whose plan differs from this one (and --overwrite was not given)."""
+
+
+def maskgen_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("maskgen")
+    except Exception:
+        return "0+unknown"
+
+
+def config_dict(config) -> dict:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+
+
+def config_hash(config) -> str:
+    """Hash of everything that changes output bytes: the job config, schema and code version."""
+    payload = {"config": config_dict(config), "schema": SCHEMA_VERSION, "maskgen": maskgen_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_inputs: int
+    shard_size: int
+    fingerprint: str  # sha256 over (identity, path, size, mtime, landmarks) of every input, in order
+    config_hash: str
+    config: dict
+    input_root: str
+    input_list: str | None
+    has_landmarks: bool
+    schema_version: str = SCHEMA_VERSION
+    maskgen_version: str = ""
+    format: int = PLAN_FORMAT
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_inputs // self.shard_size)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, self.n_inputs)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _entries_table(chunk: list[Entry]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {
+            "identity": [e.identity for e in chunk],
+            "rel": [e.rel for e in chunk],
+            "landmarks": [e.landmarks for e in chunk],
+        },
+        schema=INPUTS_SCHEMA,
+    )
+
+
+def _fingerprint_update(hasher, entry: Entry) -> None:
+    hasher.update(entry.fingerprint_line())
+    if entry.landmarks is not None:
+        hasher.update(array.array("f", entry.landmarks).tobytes())
+
+
+def write_inputs(entries: Iterable[Entry], path: Path) -> tuple[int, str, bool]:
+    """Stream `entries` into a Parquet file in fixed chunks; return (count, fingerprint, any landmarks)."""
+    hasher = hashlib.sha256()
+    count, has_landmarks, chunk = 0, False, []
+    with pq.ParquetWriter(path, INPUTS_SCHEMA) as writer:
+        for entry in entries:
+            _fingerprint_update(hasher, entry)
+            has_landmarks = has_landmarks or entry.landmarks is not None
+            chunk.append(entry)
+            if len(chunk) == INPUTS_CHUNK_ROWS:
+                writer.write_table(_entries_table(chunk))
+                count += len(chunk)
+                chunk = []
+        if chunk:
+            writer.write_table(_entries_table(chunk))
+            count += len(chunk)
+    return count, hasher.hexdigest(), has_landmarks
+
+
+def read_inputs_slice(path: Path, start: int, stop: int) -> list[dict]:
+    """Rows [start, stop) of inputs.parquet, reading only the row groups that hold them."""
+    pf = pq.ParquetFile(path)
+    pieces, offset = [], 0
+    for group in range(pf.num_row_groups):
+        rows = pf.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > start:
+            lo, hi = max(start, offset), min(stop, offset + rows)
+            pieces.append(pf.read_row_group(group).slice(lo - offset, hi - lo))
+        offset += rows
+        if offset >= stop:
+            break
+    return pa.concat_tables(pieces).to_pylist() if pieces else []
+
+
+def load_plan(layout: OutputLayout) -> Plan | None:
+    if not layout.plan_file.is_file():
+        return None
+    return Plan.from_json(layout.plan_file.read_text())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def plan_differences(old: Plan, new: Plan) -> list[str]:
+    """What differs between two plans, in words (empty: the same run)."""
+    problems = []
+    if old.fingerprint != new.fingerprint:
+        count = f"{old.n_inputs} files then, {new.n_inputs} now" if old.n_inputs != new.n_inputs else "same count"
+        problems.append(f"the inputs changed ({count})")
+    if old.config_hash != new.config_hash:
+        a, b = _flatten(old.config), _flatten(new.config)
+        changed = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if old.maskgen_version != new.maskgen_version:
+            changed.append(f"maskgen {old.maskgen_version} -> {new.maskgen_version}")
+        if old.schema_version != new.schema_version:
+            changed.append(f"schema {old.schema_version} -> {new.schema_version}")
+        problems.append("the config changed (" + ", ".join(changed or ["hash"]) + ")")
+    if old.shard_size != new.shard_size:
+        problems.append(f"the shard size changed ({old.shard_size} -> {new.shard_size})")
+    return problems
+
+
+def _has_content(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def clear_outputs(layout: OutputLayout, keep: Path | None = None) -> None:
+    """Delete what a run wrote (plan file first, so a half-cleared folder is never resumed)."""
+    layout.plan_file.unlink(missing_ok=True)
+    for folder in layout.owned_dirs():
+        if folder == layout.plan_dir:
+            for p in folder.iterdir() if folder.is_dir() else ():
+                if p != keep:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
+
+
+def prepare_plan(
+    layout: OutputLayout,
+    entries: Iterable[Entry],
+    *,
+    config,
+    shard_size: int,
+    input_root: Path,
+    input_list: Path | None = None,
+    overwrite: bool = False,
+) -> tuple[Plan, str]:
+    """Plan the run in `layout`; returns (plan, "new" | "resumed" | "replaced").
+
+    Raises PlanMismatch when OUT_DIR holds another run and `overwrite` is false, and
+    InputError for inputs that cannot be planned (nothing is written to OUT_DIR then).
+    """
+    if shard_size < 1:
+        raise InputError(f"--shard-size must be at least 1, got {shard_size}")
+    layout.plan_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(layout.plan_dir)
+    tmp = temp_sibling(layout.inputs_file)
+    try:
+        n_inputs, fingerprint, has_landmarks = write_inputs(entries, tmp)
+        if n_inputs == 0:
+            raise InputError(f"no input images found in {input_list or input_root}")
+        candidate = Plan(
+            n_inputs=n_inputs,
+            shard_size=shard_size,
+            fingerprint=fingerprint,
+            config_hash=config_hash(config),
+            config=json.loads(json.dumps(config_dict(config), default=str)),
+            input_root=str(Path(input_root).resolve()),
+            input_list=str(Path(input_list).resolve()) if input_list else None,
+            has_landmarks=has_landmarks,
+            maskgen_version=maskgen_version(),
+        )
+        existing = load_plan(layout)
+        outcome = "new"
+        if existing is not None:
+            problems = plan_differences(existing, candidate)
+            if not problems:
+                tmp.unlink()
+                return existing, "resumed"
+            if not overwrite:
+                raise PlanMismatch(
+                    f"{layout.root} holds a run with a different plan: {'; '.join(problems)}. "
+                    f"Re-run with --overwrite to replace it, or choose another output folder."
+                )
+            outcome = "replaced"
+        elif any(_has_content(d) for d in (layout.images, layout.manifest, layout.stats)):
+            if not overwrite:
+                raise PlanMismatch(
+                    f"{layout.root} holds images/manifest/stats but no plan file (an unknown or broken run). "
+                    f"Re-run with --overwrite to replace them, or choose another output folder."
+                )
+            outcome = "replaced"
+        if outcome == "replaced":
+            clear_outputs(layout, keep=tmp)
+        tmp.replace(layout.inputs_file)
+        write_bytes_atomic(layout.plan_file, candidate.to_json().encode())
+        return candidate, outcome
+    finally:
+        tmp.unlink(missing_ok=True)

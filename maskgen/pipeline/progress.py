@@ -1,0 +1,127 @@
+"""What a run shows while it works: one rich progress bar (images/s, ETA, failures so far),
+then a summary table. `SilentReporter` is for --quiet / --json and for library callers.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+
+class Reporter:
+    """Hooks the pipeline calls; every one is optional."""
+
+    def planning(self, files_seen: int) -> None: ...
+
+    def planned(self, plan, outcome: str, shards_done: int, walk_report) -> None: ...
+
+    def start(self, total_images: int, done_images: int, failures: int) -> None: ...
+
+    def update(self, done_images: int, failures: int) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def finish(self, summary) -> None: ...
+
+
+class SilentReporter(Reporter):
+    pass
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} img/s" if speed else "-- img/s", style="progress.data.speed")
+
+
+class FailuresColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        failures = task.fields.get("failures", 0)
+        return Text(f"{failures:,} failed", style="red" if failures else "dim")
+
+
+class RichReporter(Reporter):
+    """The live view, on stderr so that stdout stays for results."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task = None
+        self.completed = 0
+
+    def planning(self, files_seen: int) -> None:
+        self.console.print(f"[dim]planning: {files_seen:,} inputs so far[/dim]")
+
+    def planned(self, plan, outcome: str, shards_done: int, walk_report) -> None:
+        what = {"new": "planned", "resumed": "resuming", "replaced": "replaced the previous run;"}[outcome]
+        extra = f", {walk_report.hidden} hidden files skipped" if walk_report.hidden else ""
+        self.console.print(
+            f"{what} {plan.n_inputs:,} inputs in {plan.n_shards:,} shards of {plan.shard_size:,}"
+            f" ({shards_done:,} already done{extra})"
+        )
+
+    def start(self, total_images: int, done_images: int, failures: int) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("generate"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            FailuresColumn(),
+            console=self.console,
+            speed_estimate_period=60,
+        )
+        self.progress.start()
+        self.completed = done_images
+        self.task = self.progress.add_task("generate", total=total_images, completed=done_images, failures=failures)
+
+    def update(self, done_images: int, failures: int) -> None:
+        if self.progress is not None and done_images >= self.completed:
+            self.completed = done_images
+            self.progress.update(self.task, completed=done_images, failures=failures)
+
+    def note(self, message: str) -> None:
+        (self.progress.console if self.progress else self.console).print(f"[yellow]{message}[/yellow]")
+
+    def finish(self, summary) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def summary_table(summary) -> Table:
+    table = Table(title="generate: summary", show_header=True, header_style="bold")
+    table.add_column("status")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for status, count in sorted(summary.statuses.items(), key=lambda kv: (kv[0] != "ok", -kv[1])):
+        share = f"{count / summary.rows:.1%}" if summary.rows else "-"
+        table.add_row(Text(status, style="green" if status == "ok" else "red"), f"{count:,}", share)
+    table.add_section()
+    table.add_row("all rows", f"{summary.rows:,}", "")
+    return table
+
+
+def print_summary(summary, console: Console) -> None:
+    console.print(summary_table(summary))
+    if summary.examples:
+        console.print("[bold]failure examples[/bold]")
+        for ex in summary.examples[:5]:
+            console.print(f"  [red]{ex['status']}[/red] {ex['src_path']}: {ex['error']}", highlight=False, soft_wrap=True)
+    shards = f"{summary.shards_already_done + summary.shards_done_now:,}/{summary.shards_total:,} shards done"
+    rate = (
+        f" ({summary.images_this_run:,} images in {summary.processing_s:,.1f} s, {summary.images_per_s:,.1f} images/s"
+        f" on {summary.workers} workers)" if summary.images_this_run else ""
+    )
+    console.print(f"{summary.inputs:,} inputs, {shards}, {summary.shards_already_done:,} of them from before; "
+                  f"{summary.elapsed_s:,.1f} s in all{rate}", soft_wrap=True)
+    for index, error in summary.failed_shards.items():
+        console.print(f"[bold red]shard {index} failed:[/bold red] {error}", highlight=False, soft_wrap=True)
+    if summary.failed_shards:
+        console.print("[red]incomplete run[/red]: re-run the same command to retry the failed shards")
+    console.print(f"images:   {summary.images_dir}", highlight=False)
+    console.print(f"manifest: {summary.manifest_dir}   (pandas.read_parquet on this folder)", highlight=False)

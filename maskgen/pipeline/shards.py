@@ -1,0 +1,131 @@
+"""One shard, reader -> worker -> writer: read its slice of the plan, run ImageJob on each
+input, write the shard's manifest (temp name + rename), then its stats file (the done marker).
+
+Runs inside a Ray actor, but nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from maskgen.pipeline.layout import OutputLayout, temp_sibling, write_bytes_atomic
+from maskgen.pipeline.manifest import to_table
+from maskgen.pipeline.plan import Plan, read_inputs_slice
+
+EXAMPLES_PER_SHARD = 5  # failure examples kept in a shard's stats (the manifest has them all)
+
+
+def fallback_rows(entry: dict, n_masked: int, keep_original: bool, error: BaseException) -> list[dict]:
+    """Rows for an input whose job raised (a bug, not a bad image): the input is still accounted for."""
+    message = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
+    variants = ([("original", -1)] if keep_original else []) + [("masked", i) for i in range(n_masked)]
+    return [
+        {
+            "identity": entry["identity"],
+            "src_path": entry["rel"],
+            "out_path": "",
+            "mask_path": "",
+            "variant": variant,
+            "variant_index": index,
+            "face_index": 0,
+            "status": "render_error",
+            "error": message,
+        }
+        for variant, index in variants
+    ]
+
+
+def process_entry(job, entry: dict, input_root: Path, images_root: Path, config: dict, pass_landmarks: bool) -> list[dict]:
+    src = Path(input_root) / entry["rel"]
+    kwargs = {"landmarks": entry["landmarks"]} if pass_landmarks and entry.get("landmarks") is not None else {}
+    try:
+        rows = job.process(src, entry["rel"], images_root, **kwargs)
+        for row in rows:
+            row["identity"] = entry["identity"]  # an input list's identity column wins over the folder name
+    except Exception as exc:  # ImageJob should never raise; if it does, the input still gets its rows
+        return fallback_rows(entry, config.get("variants", 1), config.get("keep_original", False), exc)
+    return sorted(rows, key=lambda r: (r.get("face_index") or 0, r.get("variant_index", 0)))
+
+
+def write_manifest(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    pq.write_table(to_table(rows), tmp)
+    os.replace(tmp, path)
+
+
+def process_shard(
+    job,
+    plan: Plan,
+    layout: OutputLayout,
+    input_root: Path,
+    index: int,
+    *,
+    pass_landmarks: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Process shard `index` and return its stats (also written, last, to its stats file)."""
+    started = time.perf_counter()
+    entries = read_inputs_slice(layout.inputs_file, *plan.shard_range(index))
+    rows: list[dict] = []
+    statuses: Counter = Counter()
+    examples: list[dict] = []
+    failed_rows = 0
+    for done, entry in enumerate(entries, 1):
+        entry_rows = process_entry(job, entry, input_root, layout.images, plan.config, pass_landmarks)
+        rows.extend(entry_rows)
+        for row in entry_rows:
+            statuses[row["status"]] += 1
+            if row["status"] != "ok":
+                failed_rows += 1
+                if len(examples) < EXAMPLES_PER_SHARD:
+                    examples.append({k: row.get(k) for k in ("src_path", "variant", "status", "error")})
+        if on_progress:
+            on_progress(done, failed_rows)
+    write_manifest(rows, layout.manifest_path(index, plan.n_shards))
+    stats = {
+        "shard": index,
+        "inputs": len(entries),
+        "rows": len(rows),
+        "statuses": dict(sorted(statuses.items())),
+        "failed_rows": failed_rows,
+        "examples": examples,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "config_hash": plan.config_hash,
+        "fingerprint": plan.fingerprint,
+    }
+    write_bytes_atomic(layout.stats_path(index, plan.n_shards), json.dumps(stats, indent=1).encode())
+    return stats
+
+
+def read_stats(layout: OutputLayout, plan: Plan) -> dict[int, dict]:
+    """Stats of the shards that are done: stats file of this plan present, manifest present."""
+    if not layout.stats.is_dir():
+        return {}
+    manifests = {p.name for p in layout.manifest.glob("shard-*.parquet")} if layout.manifest.is_dir() else set()
+    done = {}
+    for path in layout.stats.glob("shard-*.json"):
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable marker: the shard is redone
+        index = stats.get("shard")
+        if (
+            isinstance(index, int)
+            and 0 <= index < plan.n_shards
+            and path.name == layout.stats_path(index, plan.n_shards).name
+            and stats.get("config_hash") == plan.config_hash
+            and stats.get("fingerprint") == plan.fingerprint
+            and layout.manifest_path(index, plan.n_shards).name in manifests
+        ):
+            done[index] = stats
+    return done
