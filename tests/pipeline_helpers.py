@@ -1,0 +1,64 @@
+"""Shared helpers for the pipeline tests: one local Ray per test session, a typer app with the
+pipeline commands, and ways to compare two runs' outputs."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+FACES = Path(__file__).parent / "fixtures" / "aligned"
+N_FACES = 55  # 5 identities x 11
+
+
+def ensure_ray() -> None:
+    """Start local Ray (2 CPUs) once per test process; the pipeline reuses it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        atexit.register(ray.shutdown)
+
+
+def app() -> typer.Typer:
+    from maskgen.pipeline import commands
+
+    cli = typer.Typer(add_completion=False)
+    cli.command("generate")(commands.generate)
+    cli.command("inspect")(commands.inspect)
+    cli.command("run")(commands.run)
+    return cli
+
+
+def invoke(*args: str):
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app(), [str(a) for a in args])
+
+
+def copy_faces(dest: Path) -> Path:
+    shutil.copytree(FACES, dest)
+    return dest
+
+
+def manifest(out_dir: Path) -> pd.DataFrame:
+    """The run's manifest without the timing column (the only field that differs between runs)."""
+    return pd.read_parquet(Path(out_dir) / "manifest").drop(columns=["elapsed_ms"])
+
+
+def output_files(out_dir: Path) -> dict[str, str]:
+    """sha256 of every file under OUT_DIR/images, by relative path."""
+    root = Path(out_dir) / "images"
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(manifest(a), manifest(b))
+    files_a, files_b = output_files(a), output_files(b)
+    assert files_a.keys() == files_b.keys()
+    assert files_a == files_b

@@ -1,0 +1,126 @@
+"""Masks on real faces: what they cover, how they are worn, determinism, pose."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from maskgen.masks.families import FAMILIES
+from maskgen.masks.options import MaskOptions, variant_seed
+from maskgen.masks.render import render_mask
+
+EYES = list(range(36, 48))
+MOUTH = [51, 57, 62, 66, 48, 54]
+
+
+def covered(occlusion: np.ndarray, points: np.ndarray, indices) -> np.ndarray:
+    """Whether each landmark's pixel is covered (points past the border: the border pixel)."""
+    h, w = occlusion.shape
+    xy = np.clip(np.round(points[indices]).astype(int), 0, [w - 1, h - 1])
+    return occlusion[xy[:, 1], xy[:, 0]] > 0
+
+
+def chin_point(points: np.ndarray) -> np.ndarray:
+    """A point on the chin just inside the jaw line (landmark 8 lies on the very edge)."""
+    return points[8] * 0.85 + points[57] * 0.15
+
+
+def spec(family: str, seed: int = 1, **kw):
+    return MaskOptions.parse(type=family, **kw).sample(seed)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_covers_nose_mouth_chin_never_eyes(chips, family):
+    for i, (image, points) in enumerate(chips):
+        out = render_mask(image, points, spec(family, seed=i))
+        occ = out.occlusion
+        assert covered(occ, points, [30]).all(), f"nose tip uncovered on chip {i}"
+        assert covered(occ, points, MOUTH).all(), f"mouth uncovered on chip {i}"
+        assert covered(occ, chin_point(points)[None], [0]).all(), f"chin uncovered on chip {i}"
+        assert not covered(occ, points, EYES).any(), f"eyes covered on chip {i}"
+        assert 0.25 < out.coverage < 0.75
+        changed = np.abs(out.image.astype(int) - image).sum(-1) > 0
+        assert changed[occ > 0].mean() > 0.95  # the pixels said to be covered were painted
+
+
+def test_nose_exposed_and_on_chin(chips):
+    for image, points in chips[::5]:
+        nose = render_mask(image, points, spec("surgical", wear="nose")).occlusion
+        assert not covered(nose, points, [30]).any() and covered(nose, points, [57, 66]).all()
+        chin = render_mask(image, points, spec("surgical", wear="chin")).occlusion
+        assert not covered(chin, points, [30, 51, 62]).any()
+        assert covered(chin, chin_point(points)[None], [0]).all()
+
+
+def test_wear_is_continuous(chips):
+    image, points = chips[0]
+    areas = [
+        (render_mask(image, points, replace(spec("cloth"), wear_shift=s)).occlusion > 0).sum()
+        for s in np.linspace(0, 1, 6)
+    ]
+    assert all(a > b for a, b in zip(areas, areas[1:]))  # lower and lower, smaller and smaller
+
+
+def test_same_seed_same_pixels_other_seed_differs(chips):
+    image, points = chips[3]
+    opts = MaskOptions.parse()
+    a = render_mask(image, points, opts.sample(variant_seed(0, "a/b.jpg")))
+    b = render_mask(image, points, opts.sample(variant_seed(0, "a/b.jpg")))
+    c = render_mask(image, points, opts.sample(variant_seed(1, "a/b.jpg")))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.occlusion, b.occlusion)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_colour_and_pattern_show(chips):
+    image, points = chips[7]
+    red = render_mask(image, points, spec("cloth", color="red", pattern="plain"))
+    pixels = red.image[red.occlusion > 0].astype(float).mean(0)  # BGR
+    assert pixels[2] > 1.5 * pixels[1] and pixels[2] > 1.5 * pixels[0]
+    plain = render_mask(image, points, spec("cloth", color="navy", pattern="plain", texture_weight=1.0))
+    striped = render_mask(image, points, spec("cloth", color="navy", pattern="stripes", texture_weight=1.0))
+    inner = cv2.erode(plain.occlusion, np.ones((7, 7), np.uint8)) > 0
+    gray = lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)[inner]  # noqa: E731
+    assert gray(striped.image).std() > 2 * gray(plain.image).std()
+
+
+def yaw_warp(image: np.ndarray, amount: float) -> np.ndarray:
+    """Turn the head: squeeze one side of the picture (a perspective warp of a real face)."""
+    h, w = image.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    d = amount * h
+    dst = np.float32([[0, 0], [w * (1 - amount), d], [w * (1 - amount), h - d], [0, h]])
+    return cv2.warpPerspective(image, cv2.getPerspectiveTransform(src, dst), (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.mark.parametrize("amount", [0.15, 0.3])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_turned_faces_keep_the_mask_on_the_face(landmarker, chips, family, amount):
+    for image, _ in chips[::6]:
+        for turned in (yaw_warp(image, amount), yaw_warp(image[:, ::-1].copy(), amount)[:, ::-1].copy()):
+            points = landmarker.aligned(turned).points
+            occ = render_mask(turned, points, spec(family)).occlusion
+            assert covered(occ, points, [30] + MOUTH).all()
+            assert not covered(occ, points, EYES).any()
+            # the mask stays on the face: inside the landmarks' hull, grown by the mask's own margins
+            face_w = np.linalg.norm(points[16] - points[0])
+            hull = np.zeros_like(occ)
+            cv2.fillConvexPoly(hull, cv2.convexHull(np.round(points).astype(np.int32)), 255)
+            hull = cv2.dilate(hull, np.ones((int(0.25 * face_w),) * 2, np.uint8))
+            assert (hull[occ > 0] > 0).mean() > 0.95
+            # and moves with it: centred between the jaw's two sides, not on the picture's centre
+            xs = np.nonzero(occ)[1]
+            assert abs(np.median(xs) - (points[2, 0] + points[14, 0]) / 2) < 0.12 * face_w
+
+
+def test_bad_specs_are_clear():
+    with pytest.raises(ValueError, match="--type: unknown value 'n96'"):
+        MaskOptions.parse(type="n96")
+    with pytest.raises(ValueError, match="not a colour"):
+        MaskOptions.parse(color="blurple")
+    with pytest.raises(ValueError, match="weight of 'nose' is not a number"):
+        MaskOptions.parse(wear="proper:1,nose:x")
+    with pytest.raises(ValueError, match="--texture-weight"):
+        MaskOptions.parse(texture_weight=2)
