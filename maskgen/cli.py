@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
 
@@ -77,6 +77,7 @@ def mask(
 
     Writes OUT/<dir>/<stem>.<ext> (masked) and OUT/<dir>/<stem>_mask.png (occlusion, 255 =
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
+    from maskgen.faces.models import ModelNotFound
     from maskgen.pipeline.local import find_images, mask_images
 
     config = job_config(
@@ -104,6 +105,8 @@ def mask(
 
         try:
             rows = mask_images(found, out, config, on_image=advance)
+        except ModelNotFound as exc:
+            raise fail(str(exc)) from None
         except OSError as exc:
             raise fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:

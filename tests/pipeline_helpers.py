@@ -6,7 +6,10 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -62,3 +65,31 @@ def assert_same_run(a: Path, b: Path) -> None:
     files_a, files_b = output_files(a), output_files(b)
     assert files_a.keys() == files_b.keys()
     assert files_a == files_b
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of session `sid` (a driver started with start_new_session=True, and its Ray)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields after ')': state, ppid, pgrp, session
+                pids.append(int(entry))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process of session `sid` and wait until none is left."""
+    deadline = time.monotonic() + timeout
+    while pids := session_pids(sid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert time.monotonic() < deadline, f"processes of session {sid} survive: {pids}"
+        time.sleep(0.05)

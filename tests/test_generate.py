@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import FACES, N_FACES, assert_same_run, copy_faces, ensure_ray, invoke, manifest, output_files
+from pipeline_helpers import (
+    FACES, N_FACES, assert_same_run, copy_faces, ensure_ray, invoke, kill_session, manifest, output_files,
+)
 
 from maskgen.pipeline.manifest import SCHEMA_VERSION
 
@@ -85,11 +87,10 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
             assert driver.poll() is None, driver.stderr.read().decode()
             assert time.monotonic() < deadline, "the driver made no progress"
             time.sleep(0.05)
-        os.kill(driver.pid, signal.SIGKILL)  # the driver only: its Ray goes down with it
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-run
         driver.wait()
     finally:
-        os.killpg(driver.pid, signal.SIGKILL) if driver.poll() is None else None
-        _kill_group(driver.pid)
+        kill_session(driver.pid)  # then the Ray it started, so that no worker writes on
     done_before = len(list((out / "stats").glob("*.json")))
     assert 2 <= done_before < 8
 
@@ -99,13 +100,6 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     assert summary["plan"] == "resumed" and summary["shards_already_done"] == done_before
     assert_same_run(clean_run, out)
     assert not [p for p in out.rglob("*.tmp")]
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)  # Ray processes the killed driver started
-    except ProcessLookupError:
-        pass
 
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, clean_run):
@@ -120,7 +114,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, clean_run):
         driver.send_signal(signal.SIGINT)
         _, err = driver.communicate(timeout=60)
     finally:
-        _kill_group(driver.pid)
+        kill_session(driver.pid)
     assert driver.returncode == 130, err.decode()
     assert "re-run the same command" in err.decode()
     result = invoke("generate", FACES, out, "--shard-size", 7, "--workers", 2, "--quiet")

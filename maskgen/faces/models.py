@@ -3,6 +3,7 @@ named by an environment variable (for a retrained or otherwise different model).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -28,11 +29,12 @@ def model_path(name: str, override: str | Path | None = None) -> Path:
         if not path.is_file():
             raise ModelNotFound(f"model file {path} does not exist (from {'option' if override else env_var})")
         return path
-    try:
-        import face_recognition_models
-    except ImportError as err:  # pragma: no cover - it is a core dependency
+    # Located without importing the package: its __init__ needs pkg_resources, which
+    # recent setuptools no longer ships.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(
             f"{filename} ships with the face_recognition_models package: pip install face_recognition_models, "
             f"or set {env_var} to the file"
-        ) from err
-    return Path(face_recognition_models.__file__).parent / "models" / filename
+        )
+    return Path(spec.submodule_search_locations[0]) / "models" / filename

@@ -20,7 +20,7 @@ from PIL import ImageColor
 from maskgen.masks.families import family
 from maskgen.masks.geometry import U, V, anchor_grid
 from maskgen.masks.options import MaskSpec
-from maskgen.masks.templates import TEMPLATE_H, TEMPLATE_W, pattern, template
+from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, pattern, template
 
 _LATTICE = 12  # spline evaluated on a 12x12 lattice over the mask's box, then upsampled
 _TEMPLATE_XY = np.stack(np.meshgrid(U * (TEMPLATE_W - 1), V * (TEMPLATE_H - 1)), -1).reshape(-1, 2)
@@ -61,7 +61,7 @@ def _thin_plate(src: np.ndarray, dst: np.ndarray, query: np.ndarray) -> np.ndarr
 
 
 def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every pixel of the box, where to sample the template (cv2.remap maps)."""
+    """For every pixel of the box, where to sample the template: cv2.remap's fixed-point maps."""
     scale = max(w, h)
     src = (grid.reshape(-1, 2) - (x0, y0)) / scale  # normalised for a well-conditioned solve
     # Lattice nodes where cv2.resize puts the source samples, so the upsampling is exact there.
@@ -70,7 +70,7 @@ def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[
     query = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
     coarse = _thin_plate(src, _TEMPLATE_XY, query).reshape(_LATTICE, _LATTICE, 2).astype(np.float32)
     fine = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
-    return fine[..., 0], fine[..., 1]
+    return cv2.convertMaps(fine, None, cv2.CV_16SC2)
 
 
 def _inside_grid(grid: np.ndarray, x0: int, y0: int, w: int, h: int, margin: int) -> np.ndarray:
@@ -78,7 +78,7 @@ def _inside_grid(grid: np.ndarray, x0: int, y0: int, w: int, h: int, margin: int
     outline = np.concatenate([grid[0], grid[1:, -1], grid[-1, -2::-1], grid[-2:0:-1, 0]]) - (x0, y0)
     inside = np.zeros((h, w), np.uint8)
     cv2.fillPoly(inside, [np.round(outline * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
-    return cv2.dilate(inside, np.ones((2 * margin + 1,) * 2, np.uint8)).astype(np.float32)
+    return cv2.dilate(inside, np.ones((2 * margin + 1,) * 2, np.uint8))
 
 
 @cache
@@ -127,77 +127,102 @@ def _straps(fam_straps: str, grid: np.ndarray, points: np.ndarray, color: np.nda
     return lines, strap_color, thickness
 
 
+def _mask_box(grid: np.ndarray, shape, margin: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the anchors' bounding box grown by margin, clipped to the image."""
+    if not np.isfinite(grid).all():
+        raise RenderError("landmarks are not finite")
+    (x0, y0), (x1, y1) = np.floor(grid.min((0, 1))).astype(int) - margin, np.ceil(grid.max((0, 1))).astype(int) + margin
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, shape[1]), min(y1, shape[0])
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        raise RenderError("the face is outside the image")
+    return x0, y0, x1, y1
+
+
+def _shading(roi: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, float]:
+    """The face's own low-frequency illumination under the mask, relative to its mean there,
+    times an exposure factor (a mask in a dark photo is dark too). Worked out at 1/8 size."""
+    h, w = alpha.shape
+    size = (max(2, w // 8), max(2, h // 8))
+    small = cv2.resize(cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY), size, interpolation=cv2.INTER_AREA)
+    light = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0)
+    weight = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+    mean_light = float((light * weight).sum() / (weight.sum() + 1e-6))
+    exposure = float(np.clip(mean_light / 150.0, 0.45, 1.1))
+    shade = np.power(np.clip(light / (mean_light + 1e-6), 0.2, 3.0), 0.75) * exposure
+    return cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR), exposure
+
+
+def _noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    tile = _noise_tile()
+    if h > tile.shape[0] or w > tile.shape[1]:
+        return rng.standard_normal((h, w), np.float32)
+    y, x = rng.integers(0, tile.shape[0] - h + 1), rng.integers(0, tile.shape[1] - w + 1)
+    return tile[y : y + h, x : x + w]
+
+
 def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered:
     """`bgr` with the mask `spec` fitted to the face whose 68 landmarks are `points`."""
     fam = family(spec.mask_type)
     grid = anchor_grid(points, fam.fit, spec.wear_shift)
-    if not np.isfinite(grid).all():
-        raise RenderError("landmarks are not finite")
-    ih, iw = bgr.shape[:2]
     face_w = float(np.linalg.norm(points[16] - points[0]))
     margin = 3 + int(0.04 * face_w)
-    x0, y0 = np.floor(grid.reshape(-1, 2).min(0)).astype(int) - margin
-    x1, y1 = np.ceil(grid.reshape(-1, 2).max(0)).astype(int) + margin
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, iw), min(y1, ih)
-    if x1 - x0 < 4 or y1 - y0 < 4:
-        raise RenderError("the face is outside the image")
+    x0, y0, x1, y1 = _mask_box(grid, bgr.shape, margin)
     w, h = x1 - x0, y1 - y0
     rng = np.random.default_rng(spec.seed)
 
-    map_x, map_y = _template_maps(grid, x0, y0, w, h)
-    tpl = cv2.remap(template(spec.mask_type), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha, relief, accent = tpl[..., 0], tpl[..., 1], tpl[..., 2]
-    alpha *= _inside_grid(grid, x0, y0, w, h, margin)  # the spline may fold back far outside it
-    pat = pattern(spec.pattern)
-    ox, oy = rng.integers(0, TEMPLATE_W), rng.integers(0, TEMPLATE_H)  # the pattern's phase
-    pat = cv2.remap(pat[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W], map_x, map_y, cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    # Warp: template and pattern into the box (pattern shifted by a random phase).
+    maps, fractions = _template_maps(grid, x0, y0, w, h)
+    tpl = cv2.remap(template(spec.mask_type), maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    ox, oy = rng.integers(0, TEMPLATE_W), rng.integers(0, TEMPLATE_H)
+    pat = np.ascontiguousarray(pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W])
+    pat = cv2.remap(pat, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    inside = _inside_grid(grid, x0, y0, w, h, margin)  # the spline may fold back far outside it
+    alpha = np.multiply(tpl[..., 0], inside, dtype=np.float32) * np.float32(1 / 255)
+    relief = tpl[..., 1].astype(np.float32) * np.float32(1 / RELIEF_SCALE)
 
-    roi = bgr[y0:y1, x0:x1].astype(np.float32)
-    gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
-    # Illumination: the face's low-frequency luminance, relative to its mean under the mask.
-    small = cv2.resize(gray, (max(2, w // 8), max(2, h // 8)), interpolation=cv2.INTER_AREA)
-    light = cv2.resize(cv2.GaussianBlur(small, (0, 0), 1.0), (w, h), interpolation=cv2.INTER_LINEAR)
-    covered = alpha.sum() + 1e-6
-    mean_light = float((light * alpha).sum() / covered)
-    exposure = np.clip(mean_light / 150.0, 0.45, 1.1)
-    shade = np.power(np.clip(light / (mean_light + 1e-6), 0.2, 3.0), 0.75) * exposure
-
+    # Colour: albedo (colour, pattern, accent parts) x relief x the face's illumination.
+    # (Per channel, then cv2.merge: numpy broadcasting over a last axis of 3 is ~10x slower.)
+    roi = bgr[y0:y1, x0:x1]
+    shade, exposure = _shading(roi, alpha)
+    light = relief * shade * np.float32(255)
+    mix = light * (pat.astype(np.float32) * np.float32(spec.texture_weight / 255))
     color = _rgb01(spec.color)
-    mix = (pat * spec.texture_weight)[..., None]
-    albedo = color * (1 - mix) + _second_color(color) * mix
-    if fam.relief and accent.any():
-        accent_color = next((_rgb01(f["color"]) for f in fam.relief if "color" in f), color)
-        albedo = albedo * (1 - accent[..., None]) + accent_color * accent[..., None]
-    layer = albedo * (relief * shade * 255.0)[..., None]
+    channels = [light * c + mix * d for c, d in zip(color, _second_color(color) - color)]
+    accent_color = next((_rgb01(f["color"]) for f in fam.relief if "color" in f), None)
+    if accent_color is not None:
+        accent = tpl[..., 2].astype(np.float32) * np.float32(1 / 255)
+        channels = [ch + accent * (light * a - ch) for ch, a in zip(channels, accent_color)]
 
-    # Camera match: slight blur, the image's own noise level, feathered edge.
-    layer = cv2.GaussianBlur(layer, (0, 0), 0.6)
-    sigma = _noise_sigma(gray)
+    # Camera match: slight blur, the image's own noise level, feathered edge, contact shadow.
+    layer = cv2.GaussianBlur(cv2.merge(channels), (0, 0), 0.6)
+    sigma = _noise_sigma(cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY))
     if sigma > 0.3:
-        tile = _noise_tile()
-        nx, ny = rng.integers(0, 512 - w) if w < 512 else 0, rng.integers(0, 512 - h) if h < 512 else 0
-        layer += (tile[ny : ny + h, nx : nx + w] * sigma)[..., None] if w <= 512 and h <= 512 else 0
+        layer += cv2.merge([_noise(rng, h, w) * np.float32(sigma)] * 3)
     feather = max(0.6, 0.008 * face_w)
     alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
-    shadow = np.clip(cv2.GaussianBlur(alpha, (0, 0), 3 * feather) - alpha, 0, 1)
-    skin = roi * (1 - 0.45 * shadow)[..., None]
-    blended = skin * (1 - alpha[..., None]) + layer * alpha[..., None]
+    shadow = cv2.GaussianBlur(alpha, (0, 0), 3 * feather) - alpha
+    skin_weight = (1 - alpha) * (1 - 0.45 * np.clip(shadow, 0, 1))
+    blended = roi.astype(np.float32) * cv2.merge([skin_weight] * 3) + layer * cv2.merge([alpha] * 3)
 
     out = bgr.copy()
     out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    occlusion = np.zeros((ih, iw), np.uint8)
+    occlusion = np.zeros(bgr.shape[:2], np.uint8)
     occlusion[y0:y1, x0:x1] = (alpha > 0.5) * np.uint8(255)
+    _draw_straps(out, occlusion, fam.straps, grid, points, color * exposure)
+    return Rendered(out, occlusion, _coverage(occlusion, points))
 
-    lines, strap_color, thickness = _straps(fam.straps, grid, points, color)
-    strap_bgr = tuple(float(c) for c in np.clip(strap_color * 255 * exposure, 0, 255))
+
+def _draw_straps(out, occlusion, kind: str, grid, points, color) -> None:
+    lines, strap_color, thickness = _straps(kind, grid, points, color)
+    strap_bgr = tuple(float(c) for c in np.clip(strap_color * 255, 0, 255))
     for line in lines:
         pts = np.round(line * 16).astype(np.int32)  # 4 fractional bits: sub-pixel lines
         cv2.polylines(out, [pts], False, strap_bgr, thickness, cv2.LINE_AA, shift=4)
         cv2.polylines(occlusion, [pts], False, 255, thickness, cv2.LINE_8, shift=4)
 
-    bx0, by0 = np.clip(np.floor(points.min(0)).astype(int), 0, None)
-    bx1, by1 = np.ceil(points.max(0)).astype(int)
-    face = occlusion[by0:by1, bx0:bx1]
-    coverage = float((face > 0).mean()) if face.size else 0.0
-    return Rendered(out, occlusion, coverage)
+
+def _coverage(occlusion: np.ndarray, points: np.ndarray) -> float:
+    """Covered fraction of the landmarks' bounding box."""
+    (x0, y0), (x1, y1) = np.clip(np.floor(points.min(0)).astype(int), 0, None), np.ceil(points.max(0)).astype(int)
+    face = occlusion[y0:y1, x0:x1]
+    return float(np.count_nonzero(face)) / face.size if face.size else 0.0

@@ -1,0 +1,77 @@
+"""SphereFace-4/10/20/36/64 as released (sphereface_model.prototxt, Caffe), behind get_model(name).
+
+Each of the four stages (64/128/256/512 channels) is a stride-2 3x3 conv + PReLU, then
+units of two (3x3 conv + PReLU) added back to their input; no BatchNorm; a fully connected
+layer to the 512-d embedding. Initialisation as the prototxt: stride convs and fc5 "xavier"
+(Caffe's: uniform +-sqrt(3 / fan_in), not PyTorch's xavier_uniform) with zero bias; residual
+convs gaussian std 0.01 with their bias frozen at 0 in Caffe (so: no bias here); PReLU
+slopes 0.25 per channel (Caffe's default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+WIDTHS = (64, 128, 256, 512)
+UNITS = {  # residual units per stage
+    "sphereface4": (0, 0, 0, 0),
+    "sphereface10": (0, 1, 2, 0),
+    "sphereface20": (1, 2, 4, 1),
+    "sphereface36": (2, 4, 8, 2),
+    "sphereface64": (3, 8, 16, 3),
+}
+INPUT_SIZE = (112, 96)  # (height, width) of the SphereFace template
+
+
+def caffe_xavier_(weight: torch.Tensor) -> None:
+    fan_in = weight[0].numel()
+    bound = math.sqrt(3.0 / fan_in)
+    nn.init.uniform_(weight, -bound, bound)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.prelu1 = nn.PReLU(channels, init=0.25)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.prelu2 = nn.PReLU(channels, init=0.25)
+        for conv in (self.conv1, self.conv2):
+            nn.init.normal_(conv.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.prelu2(self.conv2(self.prelu1(self.conv1(x))))
+
+
+def stage(in_channels: int, out_channels: int, units: int) -> nn.Sequential:
+    down = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+    caffe_xavier_(down.weight)
+    nn.init.zeros_(down.bias)
+    return nn.Sequential(down, nn.PReLU(out_channels, init=0.25), *(ResidualUnit(out_channels) for _ in range(units)))
+
+
+class SphereFace(nn.Module):
+    """Input: N x 3 x H x W RGB, (x - 127.5) / 128; output: N x embedding_size (not normalised)."""
+
+    def __init__(self, units: tuple[int, ...], embedding_size: int = 512, input_size: tuple[int, int] = INPUT_SIZE):
+        super().__init__()
+        channels = (3,) + WIDTHS
+        self.stages = nn.Sequential(*(stage(channels[i], channels[i + 1], n) for i, n in enumerate(units)))
+        height, width = (math.ceil(side / 16) for side in input_size)  # four stride-2 convs, padding 1
+        self.fc5 = nn.Linear(WIDTHS[-1] * height * width, embedding_size)
+        caffe_xavier_(self.fc5.weight)
+        nn.init.zeros_(self.fc5.bias)
+        self.input_size = tuple(input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc5(torch.flatten(self.stages(x), 1))
+
+
+def get_model(name: str, embedding_size: int = 512, input_size: tuple[int, int] = INPUT_SIZE) -> SphereFace:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in UNITS:
+        raise ValueError(f"unknown model {name!r} (choose from {', '.join(UNITS)})")
+    return SphereFace(UNITS[key], embedding_size, input_size)

@@ -1,0 +1,114 @@
+"""`maskgen mask` and `maskgen preview` through typer's CliRunner, on real photos."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ALIGNED, WILD
+from maskgen.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def small_tree(tmp_path):
+    """Two identities, three real aligned chips each."""
+    root = tmp_path / "faces"
+    for identity in sorted(p.name for p in ALIGNED.iterdir())[:2]:
+        (root / identity).mkdir(parents=True)
+        for src in sorted((ALIGNED / identity).glob("*.jpg"))[:3]:
+            shutil.copy(src, root / identity / src.name)
+    return root
+
+
+def test_mask_mirrors_the_tree_and_records_every_parameter(small_tree, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("mask", small_tree, "-o", out, "--aligned", "--seed", 3)
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    inputs = sorted(p.relative_to(small_tree).as_posix() for p in small_tree.rglob("*.jpg"))
+    assert sorted(manifest.src_path) == inputs and (manifest.status == "ok").all()
+    for row in manifest.itertuples():
+        masked, occlusion = cv2.imread(str(out / row.out_path)), cv2.imread(str(out / row.mask_path), 0)
+        original = cv2.imread(str(small_tree / row.src_path))
+        assert row.out_path == row.src_path and row.mask_path == row.src_path.replace(".jpg", "_mask.png")
+        assert masked.shape == original.shape and occlusion.shape == original.shape[:2]
+        assert set(np.unique(occlusion)) == {0, 255}
+        assert abs((occlusion > 0).mean() - row.coverage) < 0.25
+        assert len(row.landmarks) == 136 and row.mask_type and row.color.startswith("#")
+    assert manifest.identity.nunique() == 2
+
+
+def test_same_seed_same_bytes_other_seed_differs(small_tree, tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert invoke("mask", small_tree, "-o", tmp_path / name, "--aligned", "--seed", seed).exit_code == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
+    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files)
+
+
+def test_bad_files_become_rows_and_nothing_else_is_lost(small_tree, tmp_path):
+    bad = small_tree / "broken"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image")
+    good = next(small_tree.rglob("*.jpg")).read_bytes()
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (bad / "notes.txt").write_text("left alone, but counted")
+    out = tmp_path / "out"
+    result = invoke("mask", small_tree, "-o", out, "--aligned")
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("src_path")
+    assert len(manifest) == 6 + 3
+    for name in ("empty", "text", "truncated"):
+        row = manifest.loc[f"broken/{name}.jpg"]
+        assert row.status == "decode_error" and row.error and row.out_path == ""
+    assert (manifest.status == "ok").sum() == 6
+    assert "not images by their suffix" in result.output and "1 .txt" in result.output
+    assert not list(out.rglob("*.tmp")) and not (out / "broken").exists()
+
+
+def test_wild_photos_mask_every_face(tmp_path):
+    out = tmp_path / "out"
+    result = invoke("mask", WILD / "bald_guys.jpg", WILD / "dogs.jpg", "-o", out, "--type", "surgical")
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    faces = manifest[manifest.src_path == "bald_guys.jpg"]
+    assert len(faces) == 24 and sorted(faces.face_index) == list(range(24)) and (faces.status == "ok").all()
+    assert manifest[manifest.src_path == "dogs.jpg"].status.tolist() == ["no_face"]
+    occlusion = cv2.imread(str(out / "bald_guys_mask.png"), 0)
+    assert (occlusion > 0).mean() > 0.01
+
+
+def test_user_mistakes_get_one_line_errors(tmp_path):
+    for args, message in [
+        (("mask", tmp_path / "nope", "-o", tmp_path / "o"), "no such file or folder"),
+        (("mask", ALIGNED, "-o", tmp_path / "o", "--type", "n96"), "unknown value 'n96'"),
+        (("mask", ALIGNED, "-o", tmp_path / "o", "--color", "blurple"), "not a colour"),
+        (("mask", ALIGNED, "-o", tmp_path / "o", "--layout", "round"), "unknown crop layout"),
+        (("preview", tmp_path), "holds no maskgen manifest"),
+    ]:
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_preview_contact_sheet(small_tree, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("mask", small_tree, "-o", out, "--aligned").exit_code == 0
+    result = invoke("preview", out, "--rows", 4)
+    assert result.exit_code == 0, result.output
+    sheet = cv2.imread(str(out / "preview.png"))
+    assert sheet.shape[0] >= 4 * 160 and sheet.shape[1] >= 3 * 160
+    # the left column is the original photo, not a grey placeholder
+    assert sheet[:160, :160].std() > 20
