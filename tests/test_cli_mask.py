@@ -65,14 +65,16 @@ def test_bad_files_become_rows_and_nothing_else_is_lost(small_tree, tmp_path):
     good = next(small_tree.rglob("*.jpg")).read_bytes()
     (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (bad / "notes.txt").write_text("left alone, but counted")
+    cv2.imwrite(str(bad / "blank.png"), np.full((150, 150, 3), 90, np.uint8))
     out = tmp_path / "out"
     result = invoke("mask", small_tree, "-o", out, "--aligned")
     assert result.exit_code == 0, result.output
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("src_path")
-    assert len(manifest) == 6 + 3
+    assert len(manifest) == 6 + 4
     for name in ("empty", "text", "truncated"):
         row = manifest.loc[f"broken/{name}.jpg"]
         assert row.status == "decode_error" and row.error and row.out_path == ""
+    assert manifest.loc["broken/blank.png"].status == "no_face"
     assert (manifest.status == "ok").sum() == 6
     assert "not images by their suffix" in result.output and "1 .txt" in result.output
     assert not list(out.rglob("*.tmp")) and not (out / "broken").exists()

@@ -57,19 +57,17 @@ def anchor_grid(points: np.ndarray, fit: Fit, wear_shift: float = 0.0) -> np.nda
     side = max(0.5, _wear(wear_shift, fit.side, _NOSE_EXPOSED_SIDE, _CHIN_SIDE))
     bottom_start = min(side + 2.5, 7.0)
     nose_top = along(midline, top_index)
-    sag = down * fit.sag * face_h * np.sin(np.pi * _S)[:, None]
+
+    # Both halves at once: the jaw as seen from the left and from the right cheek.
+    # Each half row runs from the cheek (s = 0) to the midline (s = 1).
+    cheeks = np.stack([jaw, jaw[::-1]])  # (2, 17, 2)
+    corners = _outward(_along_both(cheeks, np.full(1, side)), centre, fit.width * face_w)  # (2, 1, 2)
+    sag = down * (fit.sag * face_h * np.sin(np.pi * _S))[:, None]
+    tops = corners * (1 - _S[:, None]) + nose_top * _S[:, None] + sag  # (2, 5, 2)
     push = fit.width * face_w * (1 - _S) + fit.bottom * face_h * _S
-
-    def half(jaw_side: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top and bottom edge points from the cheek (s = 0) to the midline (s = 1)."""
-        corner = _outward(along(jaw_side, side), centre, fit.width * face_w)
-        tops = corner * (1 - _S[:, None]) + nose_top * _S[:, None] + sag
-        bottoms = _outward(along(jaw_side, bottom_start + _S * (8.0 - bottom_start)), centre, push)
-        return tops, bottoms
-
-    (left_top, left_bottom), (right_top, right_bottom) = half(jaw), half(jaw[::-1])
-    top = np.concatenate([left_top, right_top[-2::-1]])  # 9 columns, left to right
-    bottom = np.concatenate([left_bottom, right_bottom[-2::-1]])
+    bottoms = _outward(_along_both(cheeks, bottom_start + _S * (8.0 - bottom_start)), centre, push)
+    top = np.concatenate([tops[0], tops[1, -2::-1]])  # 9 columns, left to right
+    bottom = np.concatenate([bottoms[0], bottoms[1, -2::-1]])
 
     # Keep the top edge clear of the eyes, whatever the wear shift and head roll.
     eye_mid = (eyes[0] + eyes[1]) / 2
@@ -80,6 +78,15 @@ def anchor_grid(points: np.ndarray, fit: Fit, wear_shift: float = 0.0) -> np.nda
     midline_pts = along(midline, np.linspace(top_index, len(MIDLINE) - 1, len(V)))
     midline_pts[0], midline_pts[-1] = top[4], bottom[4]
     straight_mid = top[4] + V[:, None] * (bottom[4] - top[4])
-    bend = (1 - np.abs(2 * U - 1))[None, :, None]
     grid = top[None] + V[:, None, None] * (bottom - top)[None]
-    return grid + bend * (midline_pts - straight_mid)[:, None, :]
+    return grid + _BEND * (midline_pts - straight_mid)[:, None, :]
+
+
+_BEND = (1 - np.abs(2 * U - 1))[None, :, None]
+
+
+def _along_both(cheeks: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """`along` for both jaw orientations at once: (2, len(index), 2)."""
+    i = np.clip(np.floor(index).astype(int), 0, cheeks.shape[1] - 2)
+    t = (index - i)[None, :, None]
+    return cheeks[:, i] * (1 - t) + cheeks[:, i + 1] * t

@@ -67,8 +67,9 @@ def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[
     # Lattice nodes where cv2.resize puts the source samples, so the upsampling is exact there.
     xs = ((np.arange(_LATTICE) + 0.5) * w / _LATTICE - 0.5) / scale
     ys = ((np.arange(_LATTICE) + 0.5) * h / _LATTICE - 0.5) / scale
-    query = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
-    coarse = _thin_plate(src, _TEMPLATE_XY, query).reshape(_LATTICE, _LATTICE, 2).astype(np.float32)
+    query = np.empty((_LATTICE, _LATTICE, 2))
+    query[..., 0], query[..., 1] = xs[None, :], ys[:, None]
+    coarse = _thin_plate(src, _TEMPLATE_XY, query.reshape(-1, 2)).reshape(_LATTICE, _LATTICE, 2).astype(np.float32)
     fine = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
     return cv2.convertMaps(fine, None, cv2.CV_16SC2)
 
@@ -138,12 +139,12 @@ def _mask_box(grid: np.ndarray, shape, margin: int) -> tuple[int, int, int, int]
     return x0, y0, x1, y1
 
 
-def _shading(roi: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, float]:
+def _shading(gray: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, float]:
     """The face's own low-frequency illumination under the mask, relative to its mean there,
     times an exposure factor (a mask in a dark photo is dark too). Worked out at 1/8 size."""
     h, w = alpha.shape
     size = (max(2, w // 8), max(2, h // 8))
-    small = cv2.resize(cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY), size, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     light = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0)
     weight = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
     mean_light = float((light * weight).sum() / (weight.sum() + 1e-6))
@@ -152,12 +153,20 @@ def _shading(roi: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, float]:
     return cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR), exposure
 
 
-def _noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _noise(seed: int, h: int, w: int) -> np.ndarray:
+    """Unit Gaussian noise for an h x w box: a window of a fixed tile, placed by the seed."""
     tile = _noise_tile()
     if h > tile.shape[0] or w > tile.shape[1]:
-        return rng.standard_normal((h, w), np.float32)
-    y, x = rng.integers(0, tile.shape[0] - h + 1), rng.integers(0, tile.shape[1] - w + 1)
+        return np.random.default_rng(seed).standard_normal((h, w), np.float32)
+    y, x = _seeded_offsets(seed, tile.shape[0] - h + 1, tile.shape[1] - w + 1, salt=1)
     return tile[y : y + h, x : x + w]
+
+
+def _seeded_offsets(seed: int, ny: int, nx: int, salt: int) -> tuple[int, int]:
+    """Two offsets drawn from the spec's 64-bit seed (already a hash: its bits are uniform);
+    cheaper than building a numpy Generator per image."""
+    bits = (seed >> (16 * salt)) & 0xFFFFFFFF
+    return bits % ny, (bits // ny) % nx
 
 
 def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered:
@@ -168,12 +177,11 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     margin = 3 + int(0.04 * face_w)
     x0, y0, x1, y1 = _mask_box(grid, bgr.shape, margin)
     w, h = x1 - x0, y1 - y0
-    rng = np.random.default_rng(spec.seed)
 
     # Warp: template and pattern into the box (pattern shifted by a random phase).
     maps, fractions = _template_maps(grid, x0, y0, w, h)
     tpl = cv2.remap(template(spec.mask_type), maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    ox, oy = rng.integers(0, TEMPLATE_W), rng.integers(0, TEMPLATE_H)
+    oy, ox = _seeded_offsets(spec.seed, TEMPLATE_H, TEMPLATE_W, salt=0)
     pat = np.ascontiguousarray(pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W])
     pat = cv2.remap(pat, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     inside = _inside_grid(grid, x0, y0, w, h, margin)  # the spline may fold back far outside it
@@ -183,7 +191,8 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     # Colour: albedo (colour, pattern, accent parts) x relief x the face's illumination.
     # (Per channel, then cv2.merge: numpy broadcasting over a last axis of 3 is ~10x slower.)
     roi = bgr[y0:y1, x0:x1]
-    shade, exposure = _shading(roi, alpha)
+    gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
+    shade, exposure = _shading(gray, alpha)
     light = relief * shade * np.float32(255)
     mix = light * (pat.astype(np.float32) * np.float32(spec.texture_weight / 255))
     color = _rgb01(spec.color)
@@ -195,9 +204,9 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
 
     # Camera match: slight blur, the image's own noise level, feathered edge, contact shadow.
     layer = cv2.GaussianBlur(cv2.merge(channels), (0, 0), 0.6)
-    sigma = _noise_sigma(cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY))
+    sigma = _noise_sigma(gray)
     if sigma > 0.3:
-        layer += cv2.merge([_noise(rng, h, w) * np.float32(sigma)] * 3)
+        layer += cv2.merge([_noise(spec.seed, h, w) * np.float32(sigma)] * 3)
     feather = max(0.6, 0.008 * face_w)
     alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
     shadow = cv2.GaussianBlur(alpha, (0, 0), 3 * feather) - alpha

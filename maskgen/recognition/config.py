@@ -52,7 +52,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
     channels_last: bool = True  # channels-last memory format on CUDA
-    compile: bool = False  # torch.compile the backbone (CUDA)
+    compile: bool = False  # torch.compile the model (worth it on CUDA; minutes of compiling first)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower, bit-exact reruns
     seed: int = 0
     # output

@@ -21,7 +21,7 @@ import cv2
 import dlib
 import numpy as np
 
-from maskgen.faces.landmarks import Box, Landmarker, box_iou
+from maskgen.faces.landmarks import DETECTORS, Box, Landmarker, box_iou
 from maskgen.video.smoothing import OneEuroFilter, landmark_scale
 
 _PATCH = 24  # side of the face patch compared between frames (pixels)
@@ -42,6 +42,8 @@ class TrackerConfig:
     def __post_init__(self):
         if self.detect_every < 1:
             raise ValueError(f"--detect-every must be at least 1, got {self.detect_every}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"--detector: unknown detector {self.detector!r} (choose from {', '.join(DETECTORS)})")
         if not 0 <= self.upsample <= 3:
             raise ValueError(f"--upsample must be between 0 and 3, got {self.upsample}")
 
@@ -121,6 +123,8 @@ class FaceTracker:
     def __init__(self, fps: float, config: TrackerConfig = TrackerConfig(), landmarker: Landmarker | None = None):
         self.fps, self.config = fps, config
         self.landmarker = landmarker or Landmarker(detector=config.detector, upsample=config.upsample)
+        if (self.landmarker.detector_name, self.landmarker.upsample) != (config.detector, config.upsample):
+            raise ValueError("the landmarker's detector and upsample differ from the tracker config's")
         self.tracks: list[Track] = []
         self.tracks_started = 0  # also the next track's id
 
@@ -231,7 +235,7 @@ class FaceTracker:
 
     def _fit(self, gray: np.ndarray, box: Box) -> np.ndarray:
         shape = self.landmarker.predictor(gray, dlib.rectangle(*box))
-        return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+        return np.fromiter((c for p in shape.parts() for c in (p.x, p.y)), np.float32, 136).reshape(68, 2)
 
     def _face(self, track: Track) -> TrackedFace:
         smoothed = track.filter(track.points) if self.config.smooth else track.points

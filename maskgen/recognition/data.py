@@ -1,0 +1,163 @@
+"""The training manifest as a Dataset, a resumable epoch sampler, and the DataLoader.
+
+Manifest (written by `maskgen trainset`): Parquet file or folder of Parquet files with at
+least `path` (absolute, or relative to the folder holding the manifest) and `label`
+(contiguous ints 0..C-1); `identity` and `variant` are read when present. C comes from the
+schema metadata `maskgen.num_classes` when present, else max(label) + 1.
+
+Images are decoded to RGB uint8 (BGR decodes converted once, here) and handed over as
+uint8 N x 3 x H x W; mirroring and (x - 127.5) / 128 happen on the training device.
+A file that cannot be decoded is skipped and reported with the batch, never a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from maskgen.images import ImageError, read_image
+
+NUM_CLASSES_KEY = b"maskgen.num_classes"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trained on; the message says why."""
+
+
+def fit_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop to the target aspect ratio, then resize. Aligned crops of another size
+    keep their geometry: a 112x112 ArcFace-template crop becomes exactly the 96x112
+    SphereFace crop (the templates differ by an 8 px shift in x)."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    if w * height > h * width:  # too wide
+        crop = round(h * width / height)
+        image = image[:, (w - crop) // 2:(w - crop) // 2 + crop]
+    elif w * height < h * width:  # too tall
+        crop = round(w * height / width)
+        image = image[(h - crop) // 2:(h - crop) // 2 + crop]
+    shrinking = image.shape[0] > height
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def manifest_files(manifest: Path) -> list[Path]:
+    if manifest.is_dir():
+        files = sorted(p for p in manifest.rglob("*.parquet") if not p.name.startswith((".", "_")))
+        if not files:
+            raise ManifestError(f"no Parquet files in {manifest}")
+        return files
+    if not manifest.is_file():
+        raise ManifestError(f"manifest not found: {manifest}")
+    return [manifest]
+
+
+@dataclass
+class Manifest:
+    paths: np.ndarray  # absolute paths as UTF-8 bytes (a numpy array shares well with workers)
+    labels: np.ndarray  # int64
+    num_classes: int
+    masked: int  # rows with variant == "masked" (0 when the column is absent)
+
+
+def read_manifest(manifest: str | Path, image_root: str | Path = "") -> Manifest:
+    manifest = Path(manifest)
+    files = manifest_files(manifest)
+    root = Path(image_root) if image_root else manifest.parent
+    paths, labels, masked, declared = [], [], 0, []
+    for file in files:
+        schema = pq.read_schema(file)
+        missing = {"path", "label"} - set(schema.names)
+        if missing:
+            raise ManifestError(f"{file}: missing column(s) {', '.join(sorted(missing))}")
+        columns = ["path", "label"] + (["variant"] if "variant" in schema.names else [])
+        table = pq.read_table(file, columns=columns)
+        paths += [p if Path(p).is_absolute() else str(root / p) for p in table.column("path").to_pylist()]
+        labels.append(table.column("label").to_numpy(zero_copy_only=False))
+        if "variant" in columns:
+            masked += sum(v == "masked" for v in table.column("variant").to_pylist())
+        if schema.metadata and NUM_CLASSES_KEY in schema.metadata:
+            declared.append(int(schema.metadata[NUM_CLASSES_KEY]))
+    labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+    if len(labels) == 0:
+        raise ManifestError(f"{manifest}: no rows")
+    if labels.min() < 0:
+        raise ManifestError(f"{manifest}: negative labels")
+    num_classes = max(declared) if declared else int(labels.max()) + 1
+    if labels.max() >= num_classes:
+        raise ManifestError(f"{manifest}: label {labels.max()} >= maskgen.num_classes {num_classes}")
+    return Manifest(np.array([p.encode() for p in paths]), labels, num_classes, masked)
+
+
+class ManifestDataset(Dataset):
+    """Item i: (RGB uint8 H x W x 3, label, path, None), or (None, label, path, reason)."""
+
+    def __init__(self, manifest: Manifest, height: int = 112, width: int = 96):
+        self.manifest, self.height, self.width = manifest, height, width
+
+    def __len__(self) -> int:
+        return len(self.manifest.labels)
+
+    def __getitem__(self, index: int):
+        path = self.manifest.paths[index].decode()
+        label = int(self.manifest.labels[index])
+        try:
+            bgr = fit_to(read_image(path).bgr, self.height, self.width)
+        except (ImageError, cv2.error) as exc:  # cv2.error: too small to crop and resize
+            return None, label, path, str(exc).strip().splitlines()[-1]
+        return np.ascontiguousarray(bgr[:, :, ::-1]), label, path, None
+
+
+def collate(items):
+    """(uint8 N x 3 x H x W, int64 labels, [(path, reason) of skipped images]). The images
+    tensor is a channels-last view of the stacked HWC arrays, no copy."""
+    good = [item for item in items if item[0] is not None]
+    skipped = [(item[2], item[3]) for item in items if item[0] is None]
+    if good:
+        images = torch.from_numpy(np.stack([item[0] for item in good])).permute(0, 3, 1, 2)
+    else:
+        images = torch.empty((0, 3, 1, 1), dtype=torch.uint8)
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return images, labels, skipped
+
+
+class EpochSampler(Sampler[int]):
+    """A fixed shuffle per (seed, epoch), sharded across ranks like DistributedSampler, that
+    can start mid-epoch: resuming at (epoch, batch) replays exactly the rest of that epoch.
+    Every epoch yields `batches_per_epoch` full batches per rank (the tail is dropped)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = size // world_size // batch_size
+        if self.batches_per_epoch == 0:
+            raise ManifestError(
+                f"{size} images cannot fill one batch of {batch_size} on each of {world_size} process(es): "
+                "lower batch_size")
+        self.epoch = self.start_batch = 0
+
+    def set_position(self, epoch: int, batch: int) -> None:
+        self.epoch, self.start_batch = epoch, batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        mine = order[self.rank::self.world_size][: self.batches_per_epoch * self.batch_size]
+        return iter(mine[self.start_batch * self.batch_size:].tolist())
+
+
+def make_loader(dataset: ManifestDataset, sampler: EpochSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=collate, pin_memory=pin_memory, drop_last=True,
+        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,86 @@
+"""`maskgen video IN OUT`: a thin typer command over `maskgen.video.demo.mask_video`.
+
+Registered in maskgen/cli.py with `app.command("video")(video_commands.video)`.
+Exit codes: 0 done, 2 unusable input, output or options, 130 interrupted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from maskgen import cli_options as opt
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+class FramesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:5.1f} frames/s" if speed else "  ... frames/s", style="progress.data.speed")
+
+
+def video(
+    input: Annotated[Path, typer.Argument(help="Video to read: any file OpenCV's FFmpeg decodes (mp4, avi, mov, mkv, webm...).", show_default=False)],
+    output: Annotated[Path, typer.Argument(help="Video to write: .mp4, .m4v or .mov (MPEG-4 video), .avi or .mkv (Motion JPEG). Video only: audio is not kept.", show_default=False)],
+    detect_every: Annotated[int, typer.Option("--detect-every", min=1, help="Run the face detector every N frames and follow faces in between (1 = every frame: slowest, catches the most).")] = 5,
+    detector: Annotated[str, typer.Option("--detector", help="Face detector: hog (fast) or cnn (dlib's mmod: more turned and small faces, ~10x slower on a CPU).")] = "hog",
+    upsample: Annotated[int, typer.Option("--upsample", min=0, max=3, help="HOG upsampling: 0 finds faces from ~80 px; each step halves that and costs ~4x detection time.")] = 0,
+    mask_type: opt.MaskType = "random",
+    color: opt.Color = "random",
+    pattern: opt.Pattern = "random",
+    wear: opt.Wear = "proper",
+    seed: Annotated[int, typer.Option("--seed", help="Global seed: each person's mask is drawn from (seed, track number) and kept for the whole clip; same seed, same video.")] = 0,
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Smooth the landmarks over time (One Euro filter) so masks do not jitter.")] = True,
+    side_by_side: Annotated[bool, typer.Option("--side-by-side", help="Write the original and the masked video next to each other (twice the width).")] = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Put a mask on every face of a video, stable from frame to frame.
+
+    Faces are detected every N frames and followed in between; each person keeps one mask
+    for the whole clip. The output has the input's size and frame rate (twice the width with
+    --side-by-side) and no audio track: OpenCV does not carry audio over. To add it back:
+    ffmpeg -i OUT -i IN -map 0:v -map 1:a? -c copy WITH_AUDIO.mp4"""
+    from maskgen.masks.options import MaskOptions
+    from maskgen.video.demo import VideoError, check_output, mask_video, open_video
+    from maskgen.video.tracking import TrackerConfig
+
+    try:
+        options = MaskOptions.parse(type=mask_type, color=color, pattern=pattern, wear=wear)
+        config = TrackerConfig(detect_every=detect_every, detector=detector, upsample=upsample, smooth=smooth)
+        check_output(output, input)
+        source = open_video(input)
+    except (ValueError, VideoError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        with Progress(TextColumn("masking"), BarColumn(), MofNCompleteColumn(), FramesPerSecond(),
+                      TimeRemainingColumn(), console=err, disable=quiet) as progress:
+            task = progress.add_task("video", total=source.frame_count)
+            summary = mask_video(source, output, options, seed, config, side_by_side,
+                                 on_frame=lambda _: progress.advance(task))
+    except VideoError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; {output} was not written", EXIT_INTERRUPTED) from None
+    if not quiet:
+        width, height = summary.size
+        Console().print(
+            f"{output}: {summary.frames} frames {width}x{height} at {summary.fps:.2f} fps, "
+            f"{summary.people} face track(s), faces in {summary.frames_with_faces} frames, "
+            f"{summary.frames / max(summary.seconds, 1e-9):.1f} frames/s; no audio",
+            highlight=False, soft_wrap=True,
+        )
+    if summary.render_failures:
+        err.print(f"[yellow]{summary.render_failures} face(s) could not be masked (degenerate landmarks)[/yellow]")
