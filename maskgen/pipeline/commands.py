@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from maskgen.pipeline.generate import GenerateRequest, build_job_config
 from maskgen.pipeline.generate import generate as run_generate
@@ -28,7 +29,7 @@ EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 def _fail(message: str, as_json: bool) -> typer.Exit:
     if as_json:
         print(json.dumps({"error": message}))
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from maskgen.pipeline.layout import OutputLayout
@@ -110,7 +111,7 @@ def print_report(report: dict, console: Console, top: int = 10, short: bool = Fa
     shards, inputs = report["shards"], report["inputs"]
     planned = f" of {shards['planned']:,} planned" if shards["planned"] else ""
     console.print(
-        f"[bold]{report['out_dir']}[/bold]: {report['rows']:,} rows for {inputs['in_manifest']:,} inputs, "
+        f"[bold]{escape(report['out_dir'])}[/bold]: {report['rows']:,} rows for {inputs['in_manifest']:,} inputs, "
         f"{shards['written']:,} shards{planned} (schema {report['schema_version']})", highlight=False, soft_wrap=True,
     )
     if shards["planned"] and shards["written"] < shards["planned"]:
@@ -135,8 +136,8 @@ def print_report(report: dict, console: Console, top: int = 10, short: bool = Fa
         soft_wrap=True,
     )
     for item in ids["most_failures"][:top]:
-        console.print(f"  {item['identity']}: {item['failed']} of {item['rows']} rows failed", highlight=False)
+        console.print(f"  {escape(item['identity'])}: {item['failed']} of {item['rows']} rows failed", highlight=False)
     if report["failure_examples"]:
         console.print("[bold]failure examples[/bold]")
         for ex in report["failure_examples"][:top]:
-            console.print(f"  [red]{ex['status']}[/red] {ex['src_path']}: {ex['error']}", highlight=False)
+            console.print(f"  [red]{ex['status']}[/red] {escape(ex['src_path'])}: {escape(ex['error'])}", highlight=False, soft_wrap=True)

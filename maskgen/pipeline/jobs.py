@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 PIPELINE_ORDER = ("align", "generate", "trainset", "pairs", "train", "evaluate")
 
@@ -130,7 +131,7 @@ def run_pipeline(stages: list[Stage], *, address=None, overwrite=False, quiet=Fa
         except PipelineError as exc:
             if as_json:
                 print(json.dumps({"error": str(exc)}))
-            console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             import typer
 
             raise typer.Exit(2) from None

@@ -5,6 +5,7 @@ then a summary table. `SilentReporter` is for --quiet / --json and for library c
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -50,11 +51,20 @@ class RichReporter(Reporter):
         self.progress: Progress | None = None
         self.task = None
         self.completed = 0
+        self.status = None
 
     def planning(self, files_seen: int) -> None:
-        self.console.print(f"[dim]planning: {files_seen:,} inputs so far[/dim]")
+        text = f"planning: {files_seen:,} inputs so far"
+        if self.status is None:
+            self.status = self.console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
 
     def planned(self, plan, outcome: str, shards_done: int, walk_report) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
         what = {"new": "planned", "resumed": "resuming", "replaced": "replaced the previous run;"}[outcome]
         extra = f", {walk_report.hidden} hidden files skipped" if walk_report.hidden else ""
         self.console.print(
@@ -85,7 +95,7 @@ class RichReporter(Reporter):
             self.progress.update(self.task, completed=done_images, failures=failures)
 
     def note(self, message: str) -> None:
-        (self.progress.console if self.progress else self.console).print(f"[yellow]{message}[/yellow]")
+        (self.progress.console if self.progress else self.console).print(f"[yellow]{escape(message)}[/yellow]", soft_wrap=True)
 
     def finish(self, summary) -> None:
         if self.progress is not None:
@@ -111,7 +121,7 @@ def print_summary(summary, console: Console) -> None:
     if summary.examples:
         console.print("[bold]failure examples[/bold]")
         for ex in summary.examples[:5]:
-            console.print(f"  [red]{ex['status']}[/red] {ex['src_path']}: {ex['error']}", highlight=False, soft_wrap=True)
+            console.print(f"  [red]{ex['status']}[/red] {escape(ex['src_path'])}: {escape(ex['error'])}", highlight=False, soft_wrap=True)
     shards = f"{summary.shards_already_done + summary.shards_done_now:,}/{summary.shards_total:,} shards done"
     rate = (
         f" ({summary.images_this_run:,} images in {summary.processing_s:,.1f} s, {summary.images_per_s:,.1f} images/s"
@@ -120,8 +130,8 @@ def print_summary(summary, console: Console) -> None:
     console.print(f"{summary.inputs:,} inputs, {shards}, {summary.shards_already_done:,} of them from before; "
                   f"{summary.elapsed_s:,.1f} s in all{rate}", soft_wrap=True)
     for index, error in summary.failed_shards.items():
-        console.print(f"[bold red]shard {index} failed:[/bold red] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]shard {index} failed:[/bold red] {escape(error)}", highlight=False, soft_wrap=True)
     if summary.failed_shards:
         console.print("[red]incomplete run[/red]: re-run the same command to retry the failed shards")
-    console.print(f"images:   {summary.images_dir}", highlight=False)
-    console.print(f"manifest: {summary.manifest_dir}   (pandas.read_parquet on this folder)", highlight=False)
+    console.print(f"images:   {escape(summary.images_dir)}", highlight=False, soft_wrap=True)
+    console.print(f"manifest: {escape(summary.manifest_dir)}   (pandas.read_parquet on this folder)", highlight=False, soft_wrap=True)

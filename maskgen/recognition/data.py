@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from maskgen.images import ImageError, read_image
 
 NUM_CLASSES_KEY = b"maskgen.num_classes"
+PREFETCH = 4  # batches each loader worker keeps ready
 
 
 class ManifestError(ValueError):
@@ -156,8 +157,11 @@ class EpochSampler(Sampler[int]):
 
 
 def make_loader(dataset: ManifestDataset, sampler: EpochSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+    # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG at every
+    # epoch, which would make the global RNG state depend on where a run was resumed.
     return DataLoader(
         dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers,
+        generator=torch.Generator().manual_seed(sampler.seed),
         collate_fn=collate, pin_memory=pin_memory, drop_last=True,
-        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=num_workers > 0, prefetch_factor=PREFETCH if num_workers > 0 else None,
     )

@@ -132,6 +132,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig):
     return optimizer, scheduler
 
 
+def train_step(model: nn.Module, optimizer, scheduler, x: torch.Tensor, labels: torch.Tensor, autocast):
+    """One forward + backward + SGD step; returns (loss, cosines), detached."""
+    with autocast:
+        logits, cos = model(x, labels)
+    loss = F.cross_entropy(logits, labels) if len(labels) else logits.sum() * 0.0  # all images unreadable
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), cos.detach()
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and bf16 else nullcontext()
+
+
 def rng_states() -> dict:
     np_state = np.random.get_state()
     states = {
@@ -315,7 +331,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, co
                 lambda_=_lambda(head), config=config.to_dict(), num_classes=manifest.num_classes,
                 world_size=dist.world_size, rng=rng_states())
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda and config.bf16 else nullcontext()
+    autocast = autocast_for(device, config.bf16)
     progress, task = make_progress(console, config.max_steps, position.step) if console else (None, None)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -332,16 +348,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, co
                         console.print(f"[yellow]warning:[/yellow] skipped unreadable image {path}: {reason}", highlight=False)
                 x = prepare_batch(images, config, position.step, dist.rank, device, channels_last)
                 labels = labels.to(device, non_blocking=True)
-                with autocast:
-                    logits, cos = model(x, labels)
-                loss = F.cross_entropy(logits, labels) if len(labels) else logits.sum() * 0.0
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                loss, cos = train_step(model, optimizer, scheduler, x, labels, autocast)
                 position.advance(sampler.batches_per_epoch)
-                loss_sum += loss.detach() * len(labels)
-                correct += (cos.detach().argmax(1) == labels).sum()
+                loss_sum += loss * len(labels)
+                correct += (cos.argmax(1) == labels).sum()
                 seen += len(labels)
                 if progress:
                     progress.update(task, completed=position.step)

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskgen.faces.landmarks import Landmarker
 from maskgen.masks.options import MaskOptions
 from maskgen.video.masker import MaskedFrame, VideoMasker
 from maskgen.video.tracking import TrackerConfig
@@ -58,9 +59,10 @@ class VideoSource:
 @dataclass(frozen=True)
 class VideoSummary:
     frames: int
+    announced: int | None  # the frame count the container gave (may be an estimate)
     size: tuple[int, int]  # width, height of the output
     fps: float
-    people: int  # tracks started: distinct faces seen (a face lost for long counts again)
+    tracks: int  # faces followed: one per person, unless one was lost for over 2 s
     frames_with_faces: int
     most_faces: int  # in one frame
     render_failures: int
@@ -75,6 +77,8 @@ def open_video(path: str | Path) -> VideoSource:
         raise VideoError(f"{path}: not a file")
     if not os.access(path, os.R_OK):
         raise VideoError(f"{path}: permission denied")
+    # FFmpeg's own log lines ("moov atom not found") would come before our one-line error.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when OpenCV first opens a file
     capture = cv2.VideoCapture(str(path))
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok or first is None:
@@ -90,8 +94,8 @@ def check_output(path: str | Path, source: Path | None = None) -> Path:
     """The output path, if it can be written: a known extension, not the input itself."""
     path = Path(path)
     if path.suffix.lower() not in WRITERS:
-        known = ", ".join(WRITERS)
-        raise VideoError(f"{path}: cannot write {path.suffix or 'files without an extension'!r} videos (use one of {known})")
+        kind = f"{path.suffix} files" if path.suffix else "a name without an extension"
+        raise VideoError(f"{path}: no video writer for {kind} (use one of {', '.join(WRITERS)})")
     if source is not None and path.resolve() == source.resolve():
         raise VideoError(f"{path}: the output would replace the input; choose another name")
     if path.is_dir():
@@ -107,19 +111,21 @@ def mask_video(
     config: TrackerConfig = TrackerConfig(),
     side_by_side: bool = False,
     on_frame: Callable[[MaskedFrame], None] | None = None,
+    landmarker: Landmarker | None = None,
 ) -> VideoSummary:
-    """Mask every face of `source` into `output` (.mp4/.mov/.m4v: MPEG-4; .avi/.mkv: MJPG)."""
+    """Mask every face of `source` into `output` (.mp4/.mov/.m4v: MPEG-4; .avi/.mkv: MJPG).
+    Pass a `landmarker` (made with `config`'s detector and upsample) to reuse its models."""
     source = source if isinstance(source, VideoSource) else open_video(source)
     try:
         output = check_output(output, source.path)
-        masker = VideoMasker(source.fps, options, seed, config)
+        masker = VideoMasker(source.fps, options, seed, config, landmarker)
         width, height = source.size
         size = (2 * width if side_by_side else width, height)
         started, stats = time.perf_counter(), _Stats()
         with _atomic_writer(output, source.fps, size) as write:
-            for frame, last in source.frames():
+            for index, (frame, last) in enumerate(source.frames()):
                 if frame.shape[:2] != (height, width):
-                    raise VideoError(f"{source.path}: frame {stats.frames} is {frame.shape[1]}x{frame.shape[0]}, "
+                    raise VideoError(f"{source.path}: frame {index} is {frame.shape[1]}x{frame.shape[0]}, "
                                      f"not {width}x{height} like the first")
                 for done in masker.push(frame, last):
                     write(np.hstack([done.original, done.image]) if side_by_side else done.image)
@@ -128,8 +134,8 @@ def mask_video(
                         on_frame(done)
     finally:
         source.close()
-    return VideoSummary(stats.frames, size, source.fps, masker.tracker.tracks_started, stats.with_faces,
-                        stats.most_faces, masker.render_failures, time.perf_counter() - started)
+    return VideoSummary(stats.frames, source.frame_count, size, source.fps, masker.tracker.tracks_started,
+                        stats.with_faces, stats.most_faces, masker.render_failures, time.perf_counter() - started)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 from maskgen.faces.landmarks import Landmarker
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
-from maskgen.video.tracking import FaceTracker, TrackedFace, TrackerConfig
+from maskgen.video.tracking import FaceTracker, Track, TrackedFace, TrackerConfig
 
 
 @dataclass
@@ -71,7 +71,7 @@ class VideoMasker:
         self._pending.clear()
         return done
 
-    def _fill_in_backwards(self, track) -> None:
+    def _fill_in_backwards(self, track: Track) -> None:
         """Add `track`'s face to the held-back frames just before this one that lack it."""
         gap = []
         for pending in reversed(self._pending[:-1]):

@@ -97,12 +97,17 @@ class Track:
         return self.shape.around(self.points, self.velocity)
 
 
-def face_patch(gray: np.ndarray, box: Box) -> np.ndarray:
-    """The box resampled to a small zero-mean, unit-variance patch (replicated at the border)."""
-    sx, sy = _PATCH / max(box[2] - box[0], 1), _PATCH / max(box[3] - box[1], 1)
-    warp = np.float32([[sx, 0, -box[0] * sx], [0, sy, -box[1] * sy]])
-    patch = cv2.warpAffine(gray, warp, (_PATCH, _PATCH), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-    patch = patch.astype(np.float32)
+def face_patch(gray: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The face resampled upright (eyes level) and at a fixed size, zero-mean and unit-variance:
+    comparable across head roll and distance."""
+    dx, dy = points[42:48].mean(0) - points[36:42].mean(0)
+    step = 2.6 * landmark_scale(points) / _PATCH  # image pixels per patch pixel
+    eye_line = max(float(np.hypot(dx, dy)), 1e-6)
+    cos, sin = step * dx / eye_line, step * dy / eye_line
+    cx, cy = points.mean(0) - (_PATCH - 1) / 2 * np.array([cos - sin, sin + cos])
+    to_image = np.float32([[cos, -sin, cx], [sin, cos, cy]])  # patch (u, v) -> image (x, y)
+    patch = cv2.warpAffine(gray, to_image, (_PATCH, _PATCH), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     return (patch - patch.mean()) / (patch.std() + 1e-3)
 
 
@@ -139,7 +144,7 @@ class FaceTracker:
         forget = index - self.config.remember_s * self.fps
         self.tracks = [t for t in self.tracks if not t.lost or t.last_seen >= forget]
         faces = [self._face(t) for t in self._active()]
-        return faces, [t for t in confirmed if not t.lost]
+        return faces, [t for t in confirmed if t in self.tracks and not t.lost]
 
     def backtrack(self, track: Track, earlier: list[tuple[np.ndarray, list[Box]]]) -> list[TrackedFace]:
         """Follow `track` backwards through `earlier` frames (gray, boxes of faces already
@@ -193,7 +198,7 @@ class FaceTracker:
         return [(box, self._fit(gray, box)) for box in boxes]
 
     def _start(self, gray: np.ndarray, index: int, box: Box, points: np.ndarray) -> Track:
-        track = Track(self.tracks_started, points, BoxShape.of(box, points), face_patch(gray, box),
+        track = Track(self.tracks_started, points, BoxShape.of(box, points), face_patch(gray, points),
                       OneEuroFilter(self.fps), index)
         self.tracks.append(track)
         self.tracks_started += 1
@@ -210,7 +215,7 @@ class FaceTracker:
         else:
             track.velocity = followed.mean(0) - track.points.mean(0)
         track.points, track.last_seen, track.unconfirmed, track.lost = followed, index, 0, False
-        track.template = face_patch(gray, track.box)
+        track.template = face_patch(gray, track.points)
 
     # -- every frame
 
@@ -221,7 +226,8 @@ class FaceTracker:
         track.velocity, track.points, track.last_seen = fitted.mean(0) - track.points.mean(0), fitted, index
         return True
 
-    def _refit(self, gray, points, velocity, track: Track, check: bool = True) -> np.ndarray | None:
+    def _refit(self, gray: np.ndarray, points: np.ndarray, velocity: np.ndarray, track: Track,
+               check: bool = True) -> np.ndarray | None:
         """Landmarks re-fitted in the box predicted from `points` moving at `velocity`;
         None when that is no longer `track`'s face."""
         fitted = self._fit(gray, track.shape.around(points, velocity))
@@ -229,8 +235,8 @@ class FaceTracker:
         h, w = gray.shape
         if _inside_fraction(box, w, h) < 0.5 or min(box[2] - box[0], box[3] - box[1]) < 20:
             return None
-        if check and similarity(face_patch(gray, box), track.template) < self.config.min_similarity:
-            return None
+        if check and not similarity(face_patch(gray, fitted), track.template) >= self.config.min_similarity:
+            return None  # (written so that a NaN correlation also ends the track)
         return fitted
 
     def _fit(self, gray: np.ndarray, box: Box) -> np.ndarray:

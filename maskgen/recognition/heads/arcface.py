@@ -20,7 +20,8 @@ class ArcFace(CosineHead):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos = self.cosines(embeddings)
-        sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-6))  # clamp: d sqrt / dx is infinite at 0
+        sin2 = 1.0 - cos * cos
+        sin = torch.where(sin2 > 1e-12, sin2.clamp_min(1e-12).sqrt(), 0.0)  # d sqrt(x)/dx is infinite at x = 0
         shifted = cos * math.cos(self.margin) - sin * math.sin(self.margin)
         shifted = torch.where(cos > math.cos(math.pi - self.margin), shifted, cos - self.margin * math.sin(self.margin))
         logits = self.scale * torch.where(target_mask(cos, labels), shifted, cos)

@@ -30,7 +30,7 @@ def chebyshev(m: int, c: torch.Tensor) -> torch.Tensor:
 def psi(cos: torch.Tensor, m: int) -> torch.Tensor:
     """(-1)^k cos(m theta) - 2k: monotone decreasing on [0, pi], continuous at every k."""
     # k = floor(m theta / pi) = how many of cos(j pi / m), j = 1..m-1, cos theta lies at or below
-    k = sum((cos <= math.cos(j * math.pi / m)).to(cos.dtype) for j in range(1, m))
+    k = sum(((cos <= math.cos(j * math.pi / m)).to(cos.dtype) for j in range(1, m)), torch.zeros_like(cos))
     sign = 1.0 - 2.0 * torch.remainder(k, 2)
     return sign * chebyshev(m, cos) - 2.0 * k
 

@@ -1,0 +1,234 @@
+"""Benchmarks of the generate pipeline (not tests). Trees are made of symlinks to the sample faces.
+
+    python -m maskgen.pipeline.bench speed  [--images 5500]    images/s: plain loop vs Ray 1 and 2 workers
+    python -m maskgen.pipeline.bench memory [--files 200000]   driver peak RSS: planning, then a full run
+
+`speed` runs the real ImageJob. `memory` plans the tree, then runs every shard with
+`NullJob` (rows without image work), so the driver handles 200k inputs in minutes; the
+driver never sees rows or pixels, so its memory does not depend on the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def make_tree(dest: Path, n_files: int, per_identity: int = 47) -> Path:
+    """`n_files` symlinks to the sample faces under dest/<identity>/<image> (WebFace-like folders)."""
+    from maskgen.assets import sample_faces
+
+    faces = sorted(sample_faces().glob("*/*.jpg"))
+    for i in range(n_files):
+        folder = dest / f"{i // per_identity:07d}"
+        if i % per_identity == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{i % per_identity:03d}.jpg").symlink_to(faces[i % len(faces)])
+    return dest
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, every_s: float = 0.2):
+        super().__init__(daemon=True)
+        self.every_s, self.samples, self.stopped = every_s, [], threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(self.every_s):
+            self.samples.append(rss_mib())
+
+
+class NullJob:
+    """ImageJob's interface without image work: one ok row per variant, nothing written."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def process(self, src, rel, out_root, landmarks=None):
+        return [
+            {"identity": rel.split("/")[0], "src_path": rel, "out_path": rel, "mask_path": "", "variant": "masked",
+             "variant_index": k, "face_index": 0, "status": "ok", "error": ""}
+            for k in range(self.config.variants)
+        ]
+
+
+# -- speed -------------------------------------------------------------------------------
+
+
+def plain_loop(tree: Path, out: Path, config) -> tuple[float, int]:
+    """The mask engine on its own: one process, one ImageJob, every image in order."""
+    from maskgen.pipeline.inputs import walk_tree
+    from maskgen.pipeline.job import ImageJob
+
+    job = ImageJob(config)
+    entries = list(walk_tree(tree))
+    start = time.perf_counter()
+    for e in entries:
+        job.process(tree / e.rel, e.rel, out / "images")
+    return time.perf_counter() - start, len(entries)
+
+
+def ray_run(tree: Path, out: Path, config, workers: int) -> dict:
+    from maskgen.pipeline.generate import GenerateRequest, generate
+
+    start = time.perf_counter()
+    summary = generate(GenerateRequest(tree, out, config, shard_size=250, workers=workers))
+    assert summary.complete and summary.statuses.get("ok", 0) == summary.inputs, summary.statuses
+    return {"total_s": time.perf_counter() - start, "processing_s": summary.processing_s, "images": summary.inputs}
+
+
+def speed(n_images: int, keep: bool) -> dict:
+    import logging
+
+    import cv2
+    import ray
+
+    from maskgen.pipeline.generate import build_job_config
+
+    cv2.setNumThreads(1)  # as in each Ray worker: one CPU per process
+    config = build_job_config()
+    work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
+    try:
+        tree = make_tree(work / "tree", n_images)
+        plain_s, n = plain_loop(tree, work / "plain", config)
+        print(f"plain loop:   {n} images in {plain_s:7.1f} s = {n / plain_s:6.1f} images/s", flush=True)
+        t = time.perf_counter()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        ray_start_s = time.perf_counter() - t
+        runs = {}
+        for workers in (1, 2):
+            r = ray_run(tree, work / f"ray{workers}", config, workers)
+            runs[workers] = r
+            print(f"ray {workers} worker{'s' if workers > 1 else ' '}: {n} images in {r['processing_s']:7.1f} s = "
+                  f"{n / r['processing_s']:6.1f} images/s (whole call {r['total_s']:.1f} s: planning + workers' start)",
+                  flush=True)
+        ray.shutdown()
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    plain_rate = n / plain_s
+    rate1, rate2 = n / runs[1]["processing_s"], n / runs[2]["processing_s"]
+    result = {
+        "images": n, "cpus": os.cpu_count(), "ray_start_s": round(ray_start_s, 2),
+        "plain_images_per_s": round(plain_rate, 1),
+        "ray1_images_per_s": round(rate1, 1), "ray2_images_per_s": round(rate2, 1),
+        "ray1_call_s": round(runs[1]["total_s"], 1), "ray2_call_s": round(runs[2]["total_s"], 1),
+        "overhead_1_worker": round(1 - rate1 / plain_rate, 3),
+        "overhead_1_worker_whole_call": round(1 - (n / runs[1]["total_s"]) / plain_rate, 3),
+        "efficiency_2_workers": round(rate2 / (2 * rate1), 3),
+        "efficiency_2_workers_vs_plain": round(rate2 / (2 * plain_rate), 3),
+    }
+    print(f"Ray overhead at 1 worker:      {result['overhead_1_worker']:.1%} (target <= 15%; "
+          f"{result['overhead_1_worker_whole_call']:.1%} counting planning and the worker's start)")
+    print(f"parallel efficiency, 2 workers: {result['efficiency_2_workers']:.1%} of 2x one worker (target >= 85%); "
+          f"{result['efficiency_2_workers_vs_plain']:.1%} of 2x the plain loop")
+    print(f"(Ray itself started in {ray_start_s:.1f} s, once; not counted above)")
+    return result
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def _memory_child(tree: Path, out: Path, process: bool) -> dict:
+    """Runs in a fresh process so that its peak RSS is this measurement's alone."""
+    from maskgen.pipeline.generate import GenerateRequest, build_job_config, generate
+    from maskgen.pipeline.inputs import walk_tree
+    from maskgen.pipeline.layout import OutputLayout
+    from maskgen.pipeline.plan import prepare_plan
+
+    config = build_job_config()  # imports the mask engine too
+    result = {"rss_after_imports_mib": round(rss_mib(), 1)}
+    start = time.perf_counter()
+    plan, _ = prepare_plan(OutputLayout(out), walk_tree(tree), config=config, shard_size=1000, input_root=tree)
+    result |= {"inputs": plan.n_inputs, "shards": plan.n_shards, "plan_s": round(time.perf_counter() - start, 1),
+               "peak_rss_planning_mib": round(peak_rss_mib(), 1)}
+    if process:
+        import logging
+
+        import ray
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        sampler = RssSampler()
+        sampler.start()
+        start = time.perf_counter()
+        summary = generate(GenerateRequest(tree, out, config, shard_size=1000, workers=2,
+                                           job_class="maskgen.pipeline.bench:NullJob"))
+        sampler.stopped.set()
+        assert summary.complete and summary.rows == plan.n_inputs, summary
+        s = sampler.samples
+        result |= {"run_s": round(time.perf_counter() - start, 1), "rows": summary.rows,
+                   "driver_rss_mib_first_10pct": round(max(s[: max(1, len(s) // 10)]), 1),
+                   "driver_rss_mib_last_10pct": round(max(s[-max(1, len(s) // 10):]), 1),
+                   "peak_rss_whole_run_mib": round(peak_rss_mib(), 1)}
+        ray.shutdown()
+    return result
+
+
+def memory(n_files: int, process: bool, keep: bool) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="maskgen-bench-mem-"))
+    try:
+        t = time.perf_counter()
+        make_tree(work / "tree", n_files)
+        print(f"made a tree of {n_files:,} symlinks in {time.perf_counter() - t:.1f} s", flush=True)
+        args = [sys.executable, "-m", "maskgen.pipeline.bench", "_memory-child", str(work / "tree"), str(work / "out")]
+        child = subprocess.run(args + (["--process"] if process else []), capture_output=True, text=True, check=True)
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"planning {result['inputs']:,} inputs ({result['shards']} shards) took {result['plan_s']} s; "
+          f"driver RSS after imports {result['rss_after_imports_mib']} MiB, peak while planning "
+          f"{result['peak_rss_planning_mib']} MiB")
+    if process:
+        print(f"processing all {result['rows']:,} rows (NullJob, 2 workers) took {result['run_s']} s; driver RSS: "
+              f"{result['driver_rss_mib_first_10pct']} MiB in the first 10%, {result['driver_rss_mib_last_10pct']} MiB "
+              f"in the last 10%, peak {result['peak_rss_whole_run_mib']} MiB")
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m maskgen.pipeline.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    sp = sub.add_parser("speed", help="images/s: plain loop vs Ray with 1 and 2 workers")
+    sp.add_argument("--images", type=int, default=5500)
+    sm = sub.add_parser("memory", help="driver peak RSS planning (and running) a big symlink tree")
+    sm.add_argument("--files", type=int, default=200_000)
+    sm.add_argument("--no-process", action="store_true", help="plan only")
+    for p in (sp, sm):
+        p.add_argument("--keep", action="store_true", help="keep the temporary trees and outputs")
+        p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    child = sub.add_parser("_memory-child")
+    child.add_argument("tree", type=Path)
+    child.add_argument("out", type=Path)
+    child.add_argument("--process", action="store_true")
+    args = parser.parse_args(argv)
+    if args.what == "_memory-child":
+        print(json.dumps(_memory_child(args.tree, args.out, args.process)))
+        return
+    result = speed(args.images, args.keep) if args.what == "speed" else memory(args.files, not args.no_process, args.keep)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

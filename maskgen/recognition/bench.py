@@ -1,0 +1,134 @@
+"""Training throughput (forward + backward + SGD step): in-memory batches vs the real manifest
+loader. The two run the same step (mirror, normalise, bf16/channels-last on CUDA, A-Softmax
+over CASIA-WebFace's 10,575 classes), interleaved in rounds so that a noisy machine hurts both
+alike; the loader keeps up when its images/s is within 10% of the in-memory figure."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskgen.recognition.config import TrainConfig
+from maskgen.recognition.data import PREFETCH, EpochSampler, ManifestDataset, collate, make_loader, read_manifest
+from maskgen.recognition.heads import get_head
+from maskgen.recognition.nets import get_model
+from maskgen.recognition.train import Dist, Recogniser, autocast_for, build_optimizer, pick_device, prepare_batch, train_step
+
+CASIA_CLASSES = 10_575
+
+
+def endless_batches(loader, sampler: EpochSampler):
+    for epoch in itertools.count():
+        sampler.set_position(epoch, 0)
+        yield from loader
+
+
+def tiled(manifest, at_least: int):
+    """The manifest's rows repeated until there are `at_least` (a small sample set, big batches)."""
+    reps = -(-at_least // len(manifest.labels))
+    return replace(manifest, paths=np.tile(manifest.paths, reps), labels=np.tile(manifest.labels, reps))
+
+
+def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 4, rounds: int = 2,
+                manifest: str | Path | None = None, num_workers: int | None = None, device: str = "auto",
+                compile: bool = False, console=None) -> dict:
+    """Images/s of both modes; `steps` timed steps per mode per round, after one warm-up step each."""
+    with tempfile.TemporaryDirectory(prefix="maskgen-bench-") as tmp:
+        if manifest is None:
+            from maskgen.recognition.samples import build_sample_manifest
+
+            manifest = build_sample_manifest(Path(tmp) / "manifest.parquet")
+        return _run(model, batch_size, steps, rounds, Path(manifest), num_workers, device, compile, console)
+
+
+def _run(model_name, batch_size, steps, rounds, manifest_path, num_workers, device_name, compile, console):
+    config = TrainConfig(model=model_name, batch_size=batch_size, device=device_name, compile=compile)
+    device = pick_device(config, Dist())
+    on_cuda = device.type == "cuda"
+    if num_workers is None:
+        num_workers = min(16, os.cpu_count() or 1) if on_cuda else 1
+    torch.backends.cudnn.benchmark = on_cuda
+    manifest = tiled(read_manifest(manifest_path), batch_size * 4)
+    dataset = ManifestDataset(manifest, config.height, config.width)
+    sampler = EpochSampler(len(dataset), batch_size, seed=0)
+    batches = endless_batches(make_loader(dataset, sampler, num_workers, pin_memory=on_cuda), sampler)
+
+    head = get_head("asoftmax", config.embedding_size, max(CASIA_CLASSES, manifest.num_classes), config)
+    channels_last = on_cuda and config.channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    recogniser = Recogniser(get_model(model_name), head).to(device, memory_format=fmt)
+    optimizer, scheduler = build_optimizer(recogniser, config)
+    model = torch.compile(recogniser) if compile else recogniser
+    autocast = autocast_for(device, config.bf16)
+    memory_images, memory_labels, _ = collate([dataset[i] for i in range(batch_size)])
+    if on_cuda:
+        memory_images = memory_images.pin_memory()
+
+    def sync():
+        if on_cuda:
+            torch.cuda.synchronize(device)
+
+    def step(images, labels, n):
+        x = prepare_batch(images, config, n, 0, device, channels_last)
+        train_step(model, optimizer, scheduler, x, labels.to(device, non_blocking=True), autocast)
+
+    def in_memory(n):
+        step(memory_images, memory_labels, n)
+
+    def from_loader(n):
+        images, labels, _ = next(batches)
+        step(images, labels, n)
+
+    def drain_prefetched():
+        """Drop the batches the workers queued while the other mode ran, so the loader is
+        timed from an empty queue (steady state) rather than on a head start."""
+        for _ in range(max(1, num_workers) * PREFETCH):
+            next(batches)
+
+    modes = {"in-memory": in_memory, "manifest loader": from_loader}
+    seconds = dict.fromkeys(modes, 0.0)
+    for fn in modes.values():
+        fn(0)  # warm-up: cudnn autotuning, compilation, worker start
+    for _ in range(rounds):
+        for name, fn in modes.items():
+            if fn is from_loader:
+                drain_prefetched()
+            sync()
+            start = time.perf_counter()
+            for n in range(steps):
+                fn(n)
+            sync()
+            seconds[name] += time.perf_counter() - start
+    images = batch_size * steps * rounds
+    result = {
+        "device": torch.cuda.get_device_name(device) if on_cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+        "model": model_name, "batch_size": batch_size, "num_workers": num_workers,
+        "bf16": on_cuda and config.bf16, "channels_last": channels_last, "compile": compile,
+        "img_per_s": {name: images / s for name, s in seconds.items()},
+    }
+    result["loader_ratio"] = result["img_per_s"]["manifest loader"] / result["img_per_s"]["in-memory"]
+    if console:
+        print_result(result, console)
+    return result
+
+
+def print_result(result: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['model']} training, batch {result['batch_size']}, {result['device']}")
+    table.add_column("input")
+    table.add_column("images/s", justify="right")
+    table.add_column("ms/step", justify="right")
+    for name, rate in result["img_per_s"].items():
+        table.add_row(name, f"{rate:,.1f}", f"{1000 * result['batch_size'] / rate:,.0f}")
+    console.print(table)
+    settings = ", ".join(f"{k}={result[k]}" for k in ("num_workers", "bf16", "channels_last", "compile"))
+    verdict = "keeps up" if result["loader_ratio"] >= 0.9 else "is the BOTTLENECK"
+    console.print(f"loader/in-memory = {result['loader_ratio']:.2f}: the loader {verdict} ({settings})", highlight=False)

@@ -1,0 +1,72 @@
+"""Export the embedding network of a checkpoint for inference, with torch.export (.pt2).
+
+torch.jit (TorchScript) is deprecated in current PyTorch; torch.export is its successor and
+needs no extra package. The exported program takes RGB float pixels in 0..255, N x 3 x 112 x 96
+(any batch size), and returns N x 512 embeddings (not L2-normalised); the (x - 127.5) / 128
+normalisation is inside. `maskgen.json` in the archive records model, input size and colour order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskgen.recognition.nets import get_model
+from maskgen.recognition.train import load_checkpoint
+
+META_NAME = "maskgen.json"
+
+
+class Embedder(nn.Module):
+    """RGB pixels 0..255 -> embeddings: the normalisation the network was trained with, then the net."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images.float() - 127.5) / 128.0)
+
+
+def backbone_from(checkpoint: dict) -> nn.Module:
+    config = checkpoint["config"]
+    backbone = get_model(config["model"], config["embedding_size"], (config["height"], config["width"]))
+    backbone.load_state_dict(checkpoint["model"])
+    return backbone.eval()
+
+
+def load_backbone(checkpoint_path: str | Path) -> tuple[nn.Module, dict]:
+    """(the checkpoint's backbone in eval mode on the CPU, its training config as a dict)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    return backbone_from(checkpoint), checkpoint["config"]
+
+
+def metadata(config: dict, step: int | None = None) -> dict:
+    return {"model": config["model"], "embedding_size": config["embedding_size"],
+            "input": {"height": config["height"], "width": config["width"], "channels": "RGB",
+                      "range": "0..255 float, normalised inside as (x - 127.5) / 128", "layout": "NCHW"},
+            "head": config["head"], "step": step}
+
+
+def export_embedder(checkpoint_path: str | Path, out: str | Path) -> Path:
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = checkpoint["config"]
+    embedder = Embedder(backbone_from(checkpoint)).eval()
+    example = torch.full((2, 3, config["height"], config["width"]), 127.0)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(embedder, (example,), dynamic_shapes=({0: batch},))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, out, extra_files={META_NAME: json.dumps(metadata(config, checkpoint["step"]))})
+    return out
+
+
+def load_exported(path: str | Path) -> tuple[nn.Module, dict]:
+    """(a callable module: RGB 0..255 N x 3 x H x W -> embeddings, the metadata)."""
+    extra = {META_NAME: ""}
+    program = torch.export.load(path, extra_files=extra)
+    return program.module(), json.loads(extra[META_NAME])

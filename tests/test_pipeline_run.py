@@ -1,0 +1,73 @@
+"""`maskgen run <pipeline file>`: the shipped files load, and a file runs its stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pipeline_helpers import FACES, N_FACES, ensure_ray, invoke
+
+from maskgen.pipeline.jobs import PipelineError, load_pipeline
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "webface.toml"])
+def test_shipped_pipelines_load_and_build_requests(name):
+    from maskgen.pipeline.jobs import GenerateStage
+
+    stages = load_pipeline(PIPELINES / name)
+    assert [s.name for s in stages] == ["generate"]
+    request = GenerateStage.request(stages[0], address=None, overwrite=False)
+    assert request.shard_size >= 1 and request.config.variants >= 1
+
+
+def test_demo_reads_the_bundled_faces():
+    from maskgen.pipeline.jobs import GenerateStage
+
+    request = GenerateStage.request(load_pipeline(PIPELINES / "demo.toml")[0], None, False)
+    assert request.input_root.is_dir() and len(list(request.input_root.glob("*/*.jpg"))) == N_FACES
+
+
+def test_a_pipeline_file_runs(tmp_path):
+    ensure_ray()
+    out = tmp_path / "out"
+    job = tmp_path / "job.toml"
+    job.write_text(f'[generate]\ninput = "{FACES}"\noutput = "{out}"\nvariants = 2\nshard_size = 20\nseed = 7\n')
+    result = invoke("run", job)
+    assert result.exit_code == 0, result.output
+    assert "inspect" in result.stdout and "coverage: mean" in result.stdout
+    df = pd.read_parquet(out / "manifest")
+    assert len(df) == N_FACES * 2 and set(df["status"]) == {"ok"}
+
+    as_json = invoke("run", job, "--json")
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["plan"] == "resumed"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[generate]\ninput = "a"\noutput = "b"\nvariantz = 2\n', "unknown key 'variantz'"),
+        ('[generate]\ninput = "a"\n', "needs 'output'"),
+        ("[train]\nepochs = 1\n", "stage [train] is not available"),
+        ("[frobnicate]\n", "unknown section [frobnicate]"),
+        ("[generate\n", "not valid TOML"),
+        ('[pipeline]\nname = "x"\n', "no stage sections"),
+    ],
+)
+def test_bad_pipeline_files_are_clear_errors(tmp_path, text, message):
+    job = tmp_path / "job.toml"
+    job.write_text(text)
+    with pytest.raises(PipelineError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_pipeline(job)
+    result = invoke("run", job)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_bad_option_values_in_a_file(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(f'[generate]\ninput = "{FACES}"\noutput = "{tmp_path / "o"}"\ntype = "n96"\n')
+    result = invoke("run", job)
+    assert result.exit_code == 2 and "--type: unknown value 'n96'" in result.stderr

@@ -1,0 +1,102 @@
+"""`maskgen trainset` and `maskgen pairs` on a real masked run of the sample faces."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ALIGNED
+from maskgen.cli import app
+from maskgen.pipeline.pairs import make_pairs, read_lfw_pairs, write_lfw_pairs
+from maskgen.pipeline.runs import collect_images
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = invoke("mask", ALIGNED, "-o", out, "--aligned", "--variants", 2, "--keep-original", "-q")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_trainset_labels_ratio_exclusions_holdout(masked_run, tmp_path):
+    out = tmp_path / "train.parquet"
+    result = invoke("trainset", masked_run, "-o", out, "--masked-ratio", 1, "--exclude", "John_Simm", "--holdout", 0.25)
+    assert result.exit_code == 0, result.output
+    train = pd.read_parquet(out)
+    labels = json.loads((tmp_path / "train.labels.json").read_text())
+    assert sorted(labels.values()) == list(range(len(labels))) == sorted(train.label.unique())
+    assert "John_Simm" not in labels and "John_Simm" not in set(train.identity)
+    held = pd.read_parquet(tmp_path / "train.holdout.parquet")
+    assert held.identity.nunique() == 1 and not set(held.identity) & set(train.identity)
+    counts = train.groupby(["identity", "variant"]).size().unstack()
+    assert (counts.masked == counts.original).all()  # ratio 1: as many masked as originals
+    assert all(p.endswith(".jpg") and pd.io.common.file_exists(p) for p in train.path)
+    assert "left out: excluded identity" in result.output
+
+
+def test_adding_an_identity_keeps_existing_labels(masked_run, tmp_path):
+    out = tmp_path / "train.parquet"
+    assert invoke("trainset", masked_run, "-o", out, "--exclude", "John_Salley").exit_code == 0
+    before = json.loads((tmp_path / "train.labels.json").read_text())
+    assert invoke("trainset", masked_run, "-o", out).exit_code == 0  # John_Salley comes back
+    after = json.loads((tmp_path / "train.labels.json").read_text())
+    assert all(after[name] == label for name, label in before.items())
+    assert after["John_Salley"] == len(before)  # appended, not inserted (it sorts first)
+    assert invoke("trainset", masked_run, "-o", out, "--renumber").exit_code == 0
+    assert json.loads((tmp_path / "train.labels.json").read_text())["John_Salley"] == 0
+
+
+def test_pairs_balanced_and_identity_disjoint(masked_run, tmp_path):
+    out = tmp_path / "pairs.parquet"
+    result = invoke("pairs", masked_run, "-o", out, "--folds", 2, "--seed", 4)
+    assert result.exit_code == 0, result.output
+    pairs = pd.read_parquet(out)
+    assert set(pairs.pair_type) == {"masked-unmasked", "masked-masked", "unmasked-unmasked"}
+    counts = pairs.groupby(["pair_type", "fold", "same"]).size()
+    for pair_type in set(pairs.pair_type):
+        assert counts[pair_type].nunique() == 1  # equal positives and negatives in every fold
+    folds_of = pairs.melt(id_vars="fold", value_vars=["identity_a", "identity_b"]).groupby("value").fold.nunique()
+    assert (folds_of == 1).all()  # no identity in two folds
+    same = pairs[pairs.same]
+    assert (same.identity_a == same.identity_b).all() and (same.src_a != same.src_b).all()
+    mu = pairs[pairs.pair_type == "masked-unmasked"]
+    assert (mu.mask_type_a != "").all() and (mu.mask_type_b == "").all()
+    again = tmp_path / "again.parquet"
+    assert invoke("pairs", masked_run, "-o", again, "--folds", 2, "--seed", 4).exit_code == 0
+    pd.testing.assert_frame_equal(pairs, pd.read_parquet(again))
+
+
+def test_pairs_that_cannot_be_balanced_say_why(masked_run, tmp_path):
+    result = invoke("pairs", masked_run, "-o", tmp_path / "p.parquet")  # 5 identities, 10 folds
+    assert result.exit_code == 2 and "cannot fill 10 identity-disjoint folds" in result.output
+    result = invoke("pairs", masked_run, "-o", tmp_path / "p.parquet", "--folds", 2, "--per-fold", 100000)
+    assert result.exit_code == 2 and "cannot balance" in result.output
+
+
+def test_lfw_pairs_txt_round_trip(tmp_path):
+    images, _ = collect_images([ALIGNED])
+    pairs = make_pairs(images, folds=2, types=("unmasked-unmasked",), seed=1)
+    write_lfw_pairs(pairs, tmp_path / "pairs.txt", ALIGNED)
+    header = (tmp_path / "pairs.txt").read_text().splitlines()[0].split()
+    assert header == ["2", str(len(pairs) // 4)]
+    back = read_lfw_pairs(tmp_path / "pairs.txt", ALIGNED)
+    ordered = pairs.sort_values(["fold", "same"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    assert back[["fold", "same", "path_a", "path_b"]].equals(ordered[["fold", "same", "path_a", "path_b"]])
+
+
+def test_plain_tree_gives_unmasked_pairs_only(tmp_path):
+    result = invoke("pairs", ALIGNED, "-o", tmp_path / "p.parquet", "--folds", 2, "--types", "unmasked-unmasked")
+    assert result.exit_code == 0, result.output
+    result = invoke("pairs", ALIGNED, "-o", tmp_path / "p.parquet", "--folds", 2, "--types", "masked-unmasked")
+    assert result.exit_code == 2 and "cannot balance masked-unmasked" in result.output
