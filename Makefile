@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= test
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-video clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ test: install
 
 bench: install
 	$(BIN)/maskgen bench
+
+bench-video: install
+	$(BIN)/python -m maskgen.video.bench
 
 clean:
 	rm -rf out .pytest_cache

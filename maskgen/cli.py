@@ -13,6 +13,7 @@ from rich.table import Table
 
 from maskgen import cli_options as opt
 from maskgen.pipeline import commands
+from maskgen.video import commands as video_commands
 
 app = typer.Typer(
     help="Realistic synthetic face masks at dataset scale, and the data to train masked-face recognisers.",
@@ -248,6 +249,7 @@ def _source_root(path: Path) -> Path:
 app.command("generate")(commands.generate)
 app.command("inspect")(commands.inspect)
 app.command("run")(commands.run)
+app.command("video")(video_commands.video)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

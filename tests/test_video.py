@@ -18,7 +18,7 @@ from maskgen.masks.options import MaskOptions, variant_seed
 from maskgen.video.bench import loop_fps, synthetic_clip
 from maskgen.video.commands import video
 from maskgen.video.demo import VideoError, mask_video, open_video
-from maskgen.video.masker import VideoMasker
+from maskgen.video.masker import MAX_HELD, VideoMasker
 from maskgen.video.tracking import TrackerConfig
 
 W, H, FPS = 640, 480, 25.0
@@ -144,6 +144,18 @@ def test_static_face_mask_does_not_jitter(sprite_mouths):
     assert mask_motion(smooth) < 0.15 < mask_motion(raw)
 
 
+def test_frames_come_back_in_order_when_detections_are_far_apart():
+    """With a detection every 100 frames, held-back frames are released before the next one."""
+    frames = [compose([("obama.jpg", 200 + i, 120, 170)]) for i in range(40)]
+    masker, returned_per_push = VideoMasker(FPS, config=TrackerConfig(detect_every=100)), []
+    for i, frame in enumerate(frames):
+        returned_per_push.append(masker.push(frame, last=i == len(frames) - 1))
+    done = [f for batch in returned_per_push for f in batch]
+    assert [f.index for f in done] == list(range(40))
+    assert max(map(len, returned_per_push)) <= MAX_HELD + 1
+    assert all(len(f.faces) == 1 for f in done)
+
+
 # ------------------------------------------------------------------ faces come and go
 
 
@@ -208,14 +220,21 @@ def cli(*args: str):
 
 
 def test_command_writes_side_by_side_video(tmp_path, small_clip):
-    result = cli(small_clip, tmp_path / "sub" / "out.mp4", "--side-by-side", "--quiet", "--detect-every", "3")
+    result = cli(small_clip, tmp_path / "sub" / "out.mp4", "--side-by-side", "--detect-every", "3")
     assert result.exit_code == 0, result.output
+    assert "8 frames, 640x240" in result.stdout and "frames/s" in result.stdout
     inputs, outputs = read_clip(small_clip), read_clip(tmp_path / "sub" / "out.mp4")
     assert len(outputs) == len(inputs) == 8
     assert outputs[0].shape == (240, 640, 3)
     assert changed(outputs[0][:, :320], inputs[0]).mean() < 0.001  # left: the original
     assert changed(outputs[0][:, 320:], inputs[0]).mean() > 0.02  # right: masked
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.mp4"]
+
+
+def test_same_seed_same_video(tmp_path, small_clip):
+    for name in ("a.avi", "b.avi"):
+        assert cli(small_clip, tmp_path / name, "--quiet", "--seed", "7").exit_code == 0
+    assert (tmp_path / "a.avi").read_bytes() == (tmp_path / "b.avi").read_bytes()
 
 
 def test_help_says_audio_is_not_kept():

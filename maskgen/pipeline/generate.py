@@ -140,6 +140,13 @@ def generate(request: GenerateRequest, reporter: Reporter | None = None) -> Gene
     existing OUT_DIR do not allow the run.
     """
     reporter = reporter or SilentReporter()
+    try:
+        return _generate(request, reporter)
+    finally:
+        reporter.close()
+
+
+def _generate(request: GenerateRequest, reporter: Reporter) -> GenerateSummary:
     started = time.perf_counter()
     check_folders(request.input_root, request.out_dir)
     layout = OutputLayout(request.out_dir)
@@ -171,7 +178,6 @@ def generate(request: GenerateRequest, reporter: Reporter | None = None) -> Gene
     summary.elapsed_s = round(time.perf_counter() - started, 2)
     if summary.processing_s:
         summary.images_per_s = round(summary.images_this_run / summary.processing_s, 1)
-    reporter.finish(summary)
     return summary
 
 

@@ -24,7 +24,8 @@ class Reporter:
 
     def note(self, message: str) -> None: ...
 
-    def finish(self, summary) -> None: ...
+    def close(self) -> None:
+        """Stop any live display (also after an error or Ctrl-C)."""
 
 
 class SilentReporter(Reporter):
@@ -97,10 +98,11 @@ class RichReporter(Reporter):
     def note(self, message: str) -> None:
         (self.progress.console if self.progress else self.console).print(f"[yellow]{escape(message)}[/yellow]", soft_wrap=True)
 
-    def finish(self, summary) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+    def close(self) -> None:
+        for live in (self.status, self.progress):
+            if live is not None:
+                live.stop()
+        self.status = self.progress = None
 
 
 def summary_table(summary) -> Table:

@@ -113,11 +113,12 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 def prepare_batch(images: torch.Tensor, config: TrainConfig, step: int, rank: int, device: torch.device,
                   channels_last: bool) -> torch.Tensor:
-    """uint8 RGB N x 3 x H x W -> mirrored at random, (x - 127.5) / 128, on the device."""
+    """uint8 RGB N x 3 x H x W -> on the device, mirrored at random, (x - 127.5) / 128."""
+    images = images.to(device, non_blocking=True)
     if config.mirror and len(images):
         flip = torch.rand(len(images), generator=step_generator(config.seed, step, rank)) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    x = images.to(device, non_blocking=True).float().sub_(127.5).div_(128.0)
+        images = torch.where(flip.to(device)[:, None, None, None], images.flip(3), images)
+    x = images.float().sub_(127.5).div_(128.0)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

@@ -1,7 +1,7 @@
 """Frames in, masked frames out: tracking plus one fixed mask per tracked person.
 
-Frames are held back from one detection frame to the next (at most `detect_every` frames), so
-a face first detected at a detection frame can be followed backwards and masked in the frames
+Frames are held back from one detection frame to the next (at most MAX_HELD of them), so a
+face first detected at a detection frame can be followed backwards and masked in the frames
 before it too. Each person's mask is drawn once, from (seed, track id), and kept."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from maskgen.faces.landmarks import Landmarker
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
 from maskgen.video.tracking import FaceTracker, Track, TrackedFace, TrackerConfig
+
+MAX_HELD = 30  # frames held back for filling in; bounds memory when detections are far apart
 
 
 @dataclass
@@ -53,13 +55,15 @@ class VideoMasker:
         return self._specs[track_id]
 
     def push(self, frame: np.ndarray, last: bool = False) -> list[MaskedFrame]:
+        """Masked frames that are ready, oldest first. `frame` is kept (not copied) until it
+        comes back: do not reuse its buffer for the next frame."""
         index, self._next_index = self._next_index, self._next_index + 1
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         detect = index % self.config.detect_every == 0 or last  # the last one: faces that just came in
         faces, confirmed = self.tracker.step(frame, gray, index, detect)
         self._pending.append(_Pending(index, frame, gray, faces))
         if not detect:
-            return []
+            return [self._render(self._pending.pop(0))] if len(self._pending) > MAX_HELD else []
         for track in confirmed:
             self._fill_in_backwards(track)
         return self.flush()
