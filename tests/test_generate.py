@@ -282,5 +282,7 @@ def test_bad_options_are_clear_errors(tmp_path):
     assert result.exit_code == 2 and "--type: unknown value 'n96'" in result.stderr
     result = invoke("generate", FACES, tmp_path / "out", "--format", "gif")
     assert result.exit_code == 2 and "--format" in result.stderr
+    result = invoke("generate", FACES, tmp_path / "out", "--layout", "square")
+    assert result.exit_code == 2 and "--layout: unknown crop layout 'square'" in result.stderr
     result = invoke("generate", tmp_path / "nowhere", tmp_path / "out", "--json")
     assert result.exit_code == 2 and "input folder not found" in json.loads(result.stdout)["error"]

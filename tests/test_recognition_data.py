@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from maskgen.recognition.data import (  # noqa: E402
-    EpochSampler, ManifestDataset, ManifestError, collate, fit_to, make_loader, read_manifest,
+    EpochSampler, ManifestDataset, ManifestError, fit_to, make_loader, read_manifest,
 )
 
 from conftest import aligned_files  # noqa: E402
@@ -103,7 +103,7 @@ def test_bad_rows_are_skipped_and_reported_not_a_crash(face_tree):
     dataset = ManifestDataset(read_manifest(write_manifest(root / "m.parquet", rows)))
     sampler = EpochSampler(len(dataset), batch_size=29)  # 58 rows: two full batches
     seen, skipped = 0, []
-    for images, labels, bad in make_loader(dataset, sampler, num_workers=0, pin_memory=False):
+    for images, labels, bad in make_loader(dataset, sampler, num_workers=1, pin_memory=False):
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 112, 96) and len(images) == len(labels)
         seen += len(labels)
         skipped += bad
@@ -112,11 +112,13 @@ def test_bad_rows_are_skipped_and_reported_not_a_crash(face_tree):
     assert all(reason for _, reason in skipped)
 
 
-def test_collate_keeps_channels_last_layout_without_copying():
-    items = [(np.full((4, 3, 3), i, np.uint8), i, f"{i}.jpg", None) for i in range(2)]
-    images, labels, bad = collate(items + [(None, 5, "bad.jpg", "corrupt")])
-    assert images.shape == (2, 3, 4, 3) and labels.tolist() == [0, 1] and bad == [("bad.jpg", "corrupt")]
+def test_batches_are_channels_last_views_of_the_same_rgb_pixels_as_items(face_tree):
+    root, rows = face_tree
+    dataset = ManifestDataset(read_manifest(write_manifest(root / "m.parquet", rows)))
+    images, labels, bad = dataset.batch([0, 7, 30])
+    assert images.shape == (3, 3, 112, 96) and bad == [] and labels.tolist() == [rows["label"][i] for i in (0, 7, 30)]
     assert images.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(images[1].permute(1, 2, 0).numpy(), dataset[7][0])
 
 
 def test_sampler_resumes_mid_epoch_and_shards_ranks_disjointly():

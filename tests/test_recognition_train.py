@@ -21,7 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from maskgen.recognition import commands  # noqa: E402
 from maskgen.recognition.config import ConfigError, TrainConfig, load_config  # noqa: E402
-from maskgen.recognition.data import ManifestDataset, collate, read_manifest  # noqa: E402
+from maskgen.recognition.data import ManifestDataset, read_manifest  # noqa: E402
 from maskgen.recognition.export import load_backbone, load_exported  # noqa: E402
 from maskgen.recognition.samples import build_sample_manifest  # noqa: E402
 from maskgen.recognition.train import load_checkpoint, train  # noqa: E402
@@ -103,7 +103,7 @@ def test_exported_embedder_matches_the_eager_model(faces, tmp_path):
     train(TrainConfig(**TINY, manifest=str(manifest), batch_size=8, max_steps=1, out_dir=str(tmp_path / "run")))
     exported, meta = load_exported(export_embedder(tmp_path / "run" / "checkpoint.pt", tmp_path / "embedder.pt2"))
     backbone, config = load_backbone(tmp_path / "run" / "checkpoint.pt")
-    images, _, _ = collate([ManifestDataset(read_manifest(manifest))[i] for i in range(5)])
+    images, _, _ = ManifestDataset(read_manifest(manifest)).batch(range(5))
     with torch.no_grad():
         eager = backbone((images.float() - 127.5) / 128)
         torch.testing.assert_close(exported(images.float()), eager, rtol=1e-4, atol=1e-4)

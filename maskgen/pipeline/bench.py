@@ -81,19 +81,56 @@ def plain_loop(tree: Path, out: Path, config) -> tuple[float, int]:
 
     job = ImageJob(config)
     entries = list(walk_tree(tree))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for e in entries:
         job.process(tree / e.rel, e.rel, out / "images")
-    return time.perf_counter() - start, len(entries)
+    return time.perf_counter() - start, time.process_time() - cpu, len(entries)
+
+
+def _plain_part(args) -> tuple[float, float]:
+    """One of N plain processes: its slice of the images, timed after its job is built."""
+    tree, out, config, rels, ready = args
+    import cv2
+
+    from maskgen.pipeline.job import ImageJob
+
+    cv2.setNumThreads(1)
+    job = ImageJob(config)
+    ready.wait()  # all processes built their job: time the image work only
+    start = time.time()
+    for rel in rels:
+        job.process(tree / rel, rel, out / "images")
+    return start, time.time()
+
+
+def plain_processes(tree: Path, out: Path, config, processes: int = 2) -> float:
+    """N independent plain loops, no Ray: what this machine gives N processes of this work."""
+    import multiprocessing as mp
+
+    from maskgen.pipeline.inputs import walk_tree
+
+    rels = [e.rel for e in walk_tree(tree)]
+    size = -(-len(rels) // processes)
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(processes) as pool:
+        ready = manager.Barrier(processes)
+        parts = [(tree, out, config, rels[i * size:(i + 1) * size], ready) for i in range(processes)]
+        spans = pool.map(_plain_part, parts)
+    return max(e for _, e in spans) - min(s for s, _ in spans)
+
+
+SHARD_SIZE = 200  # ~2 s of work per shard here: small enough that the last shards end together
 
 
 def ray_run(tree: Path, out: Path, config, workers: int) -> dict:
     from maskgen.pipeline.generate import GenerateRequest, generate
 
-    start = time.perf_counter()
-    summary = generate(GenerateRequest(tree, out, config, shard_size=250, workers=workers))
+    start, cpu = time.perf_counter(), time.process_time()
+    summary = generate(GenerateRequest(tree, out, config, shard_size=SHARD_SIZE, workers=workers))
     assert summary.complete and summary.statuses.get("ok", 0) == summary.inputs, summary.statuses
-    return {"total_s": time.perf_counter() - start, "processing_s": summary.processing_s, "images": summary.inputs}
+    worker_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in (out / "stats").glob("*.json"))
+    return {"total_s": time.perf_counter() - start, "processing_s": summary.processing_s, "images": summary.inputs,
+            "worker_cpu_s": worker_cpu, "driver_cpu_s": time.process_time() - cpu}
 
 
 def _busy_note() -> str:
@@ -115,8 +152,10 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
     cv2.setNumThreads(1)  # as in each Ray worker: one CPU per process
     config = build_job_config()
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
-    best = {"plain": float("inf"), 1: float("inf"), 2: float("inf")}
+    best = {"plain": float("inf"), "plain2": float("inf"), 1: float("inf"), 2: float("inf")}
     calls = {1: float("inf"), 2: float("inf")}
+    cpu = {"plain": float("inf"), 1: float("inf"), 2: float("inf")}  # CPU s per image: contention-proof
+    driver_cpu = {1: float("inf"), 2: float("inf")}
     try:
         tree = make_tree(work / "tree", n_images)
         print(f"{n_images} images, {rounds} rounds; before: {_busy_note()}", flush=True)
@@ -124,14 +163,21 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         ray_start_s = time.perf_counter() - t
         for r in range(rounds):
-            plain_s, n = plain_loop(tree, work / "plain", config)
+            plain_s, plain_cpu, n = plain_loop(tree, work / "plain", config)
             best["plain"] = min(best["plain"], plain_s)
+            cpu["plain"] = min(cpu["plain"], plain_cpu / n)
             print(f"round {r + 1}: plain loop   {n / plain_s:6.1f} images/s ({plain_s:.1f} s; {_busy_note()})", flush=True)
+            plain2_s = plain_processes(tree, work / "plain2", config, 2)
+            best["plain2"] = min(best["plain2"], plain2_s)
+            print(f"round {r + 1}: plain x2     {n / plain2_s:6.1f} images/s ({plain2_s:.1f} s, 2 processes without Ray; "
+                  f"{_busy_note()})", flush=True)
             for workers in (1, 2):
                 run = ray_run(tree, work / f"ray{workers}", config, workers)
                 shutil.rmtree(work / f"ray{workers}")
                 best[workers] = min(best[workers], run["processing_s"])
                 calls[workers] = min(calls[workers], run["total_s"])
+                cpu[workers] = min(cpu[workers], run["worker_cpu_s"] / n)
+                driver_cpu[workers] = min(driver_cpu[workers], run["driver_cpu_s"])
                 print(f"round {r + 1}: ray {workers} worker{'s' if workers > 1 else ' '} {n / run['processing_s']:6.1f} "
                       f"images/s ({run['processing_s']:.1f} s; whole call {run['total_s']:.1f} s; {_busy_note()})", flush=True)
         ray.shutdown()
@@ -139,6 +185,7 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     plain_rate, rate1, rate2 = n / best["plain"], n / best[1], n / best[2]
+    plain2_rate = n / best["plain2"]
     result = {
         "images": n, "rounds": rounds, "cpus": os.cpu_count(), "ray_start_s": round(ray_start_s, 2),
         "plain_images_per_s": round(plain_rate, 1),
@@ -147,12 +194,22 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
         "overhead_1_worker_whole_call": round(1 - (n / calls[1]) / plain_rate, 3),
         "efficiency_2_workers": round(rate2 / (2 * rate1), 3),
         "efficiency_2_workers_vs_plain": round(rate2 / (2 * plain_rate), 3),
+        "plain2_images_per_s": round(plain2_rate, 1),
+        "machine_scaling_2_processes": round(plain2_rate / (2 * plain_rate), 3),
+        "ray2_vs_2_plain_processes": round(rate2 / plain2_rate, 3),
+        "cpu_ms_per_image": {str(k): round(v * 1e3, 2) for k, v in cpu.items()},
+        "driver_cpu_s": {str(k): round(v, 2) for k, v in driver_cpu.items()},
     }
-    print(f"best of {rounds}: plain {plain_rate:.1f}, ray 1 worker {rate1:.1f}, ray 2 workers {rate2:.1f} images/s")
+    print(f"best of {rounds}: plain {plain_rate:.1f}, plain x2 {plain2_rate:.1f}, ray 1 worker {rate1:.1f}, "
+          f"ray 2 workers {rate2:.1f} images/s")
     print(f"Ray overhead at 1 worker:       {result['overhead_1_worker']:.1%} (target <= 15%; "
           f"{result['overhead_1_worker_whole_call']:.1%} counting planning and the worker's start)")
     print(f"parallel efficiency, 2 workers: {result['efficiency_2_workers']:.1%} of 2x one worker (target >= 85%); "
           f"{result['efficiency_2_workers_vs_plain']:.1%} of 2x the plain loop")
+    print(f"  of which the machine: 2 plain processes without Ray reach {result['machine_scaling_2_processes']:.1%} "
+          f"of 2x one; Ray 2 workers reach {result['ray2_vs_2_plain_processes']:.1%} of those 2 plain processes")
+    print(f"CPU per image: plain {cpu['plain'] * 1e3:.2f} ms, in Ray workers {cpu[1] * 1e3:.2f} ms (1 worker), "
+          f"{cpu[2] * 1e3:.2f} ms (2 workers); the driver used {driver_cpu[1]:.1f} / {driver_cpu[2]:.1f} s of CPU")
     print(f"(Ray itself started in {ray_start_s:.1f} s, once, not counted above; {_busy_note()})")
     return result
 

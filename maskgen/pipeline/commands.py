@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from maskgen import cli_options as opt
 from maskgen.pipeline.generate import GenerateRequest, build_job_config
 from maskgen.pipeline.generate import generate as run_generate
 from maskgen.pipeline.inputs import InputError
@@ -35,26 +36,29 @@ def _fail(message: str, as_json: bool) -> typer.Exit:
 
 def generate(
     in_tree: Annotated[Path, typer.Argument(help="Aligned face tree <root>/<identity>/<image> (with --input-list: the root its relative paths start from).", show_default=False)],
-    out_dir: Annotated[Path, typer.Argument(help="Output folder: images/, manifest/, plan/, stats/ go here (a path all nodes share on a cluster).", show_default=False)],
-    variants: Annotated[int, typer.Option("--variants", "-n", help="Masked variants per face.")] = 1,
-    mask_type: Annotated[str, typer.Option("--type", help="Mask types: random, a type, or weights like surgical:0.7,n95:0.3.")] = "random",
-    color: Annotated[str, typer.Option("--color", help="Colours: random (each type's palette) or a comma list of names / #hex.")] = "random",
-    pattern: Annotated[str, typer.Option("--pattern", help="Patterns: random, a pattern, or weights like plain:0.8,stripes:0.2.")] = "random",
-    wear: Annotated[str, typer.Option("--wear", help="How masks are worn: proper, or weights like proper:0.8,nose:0.1,chin:0.1.")] = "proper",
-    wear_jitter: Annotated[float, typer.Option("--wear-jitter", help="Random shift (0..0.5) added to each wear position.")] = 0.0,
-    texture_weight: Annotated[Optional[float], typer.Option("--texture-weight", help="Pattern strength 0..1 (default: random 0.5..1).")] = None,
-    keep_original: Annotated[bool, typer.Option("--keep-original/--no-keep-original", help="Also write each original image with its own manifest row.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Global seed; each image's randomness is hash(seed, its path).")] = 0,
-    aligned: Annotated[bool, typer.Option("--aligned/--wild", help="Inputs are aligned crops (no face detector) or wild photos.")] = True,
-    image_format: Annotated[Optional[str], typer.Option("--format", help="Output image format: same (as the input), jpg, png or webp.")] = None,
-    quality: Annotated[Optional[int], typer.Option("--quality", help="JPEG/WEBP quality 1..100 (default: the input's own).")] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", help="Images per shard: the unit of work, retry and resume.")] = 1000,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
-    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (e.g. head:6379); default: start Ray on this machine.")] = None,
-    input_list: Annotated[Optional[Path], typer.Option("--input-list", help="Parquet/CSV/TXT list of paths (columns: path, identity, landmarks) instead of walking IN_TREE.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per shard before it is reported as failed.")] = 3,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; errors only.")] = False,
+    out_dir: Annotated[Path, typer.Argument(help="Output folder: images/, manifest/, plan/, stats/ go here (on a cluster, a path every node shares).", show_default=False)],
+    variants: opt.Variants = 1,
+    mask_type: opt.MaskType = "random",
+    color: opt.Color = "random",
+    pattern: opt.Pattern = "random",
+    wear: opt.Wear = "proper",
+    wear_jitter: opt.WearJitter = 0.0,
+    texture_weight: opt.TextureWeight = None,
+    keep_original: opt.KeepOriginal = False,
+    seed: opt.Seed = 0,
+    aligned: opt.Aligned = True,
+    layout: opt.Layout = "auto",
+    detector: opt.Detector = "hog",
+    upsample: opt.Upsample = None,
+    image_format: opt.ImageFormat = None,
+    quality: opt.Quality = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard: the unit of work, retry and resume.")] = 1000,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine, or of the cluster).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (e.g. head:6379 or auto); default: start Ray on this machine.")] = None,
+    input_list: Annotated[Optional[Path], typer.Option("--input-list", help="Parquet/CSV/TXT list of paths (columns: path, identity, landmarks) to use instead of walking IN_TREE.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made from other inputs or with other options.")] = False,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, help="Tries per shard before it is reported as failed.")] = 3,
+    quiet: opt.Quiet = False,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object on stdout.")] = False,
 ) -> None:
     """Mask every face of IN_TREE into OUT_DIR with Ray; resumable, one manifest row per image x variant."""
@@ -62,7 +66,8 @@ def generate(
         config = build_job_config(
             variants=variants, mask_type=mask_type, color=color, pattern=pattern, wear=wear,
             wear_jitter=wear_jitter, texture_weight=texture_weight, keep_original=keep_original,
-            seed=seed, aligned=aligned, image_format=image_format, quality=quality,
+            seed=seed, aligned=aligned, layout=layout, detector=detector, upsample=upsample,
+            image_format=image_format, quality=quality,
         )
     except ValueError as exc:
         raise _fail(str(exc), as_json) from None

@@ -16,7 +16,7 @@ from maskgen.pipeline.progress import Reporter, SilentReporter
 from maskgen.pipeline.shards import read_stats
 
 SUMMARY_EXAMPLES = 10
-IMAGE_FORMATS = ("jpg", "png", "webp")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 @dataclass
@@ -82,32 +82,46 @@ def build_job_config(
     keep_original: bool = False,
     seed: int = 0,
     aligned: bool = True,
+    layout: str = "auto",
+    detector: str = "hog",
+    upsample: int | None = None,
     image_format: str | None = None,
     quality: int | None = None,
 ):
-    """A JobConfig from user-facing options; ValueError with the option's name when one is wrong."""
+    """A JobConfig from user-facing options; ValueError naming the option when one is wrong."""
+    from maskgen.faces.landmarks import DETECTORS
+    from maskgen.faces.layouts import face_box
     from maskgen.masks.options import MaskOptions
     from maskgen.pipeline.job import JobConfig
 
-    if variants < 0:
-        raise ValueError(f"--variants must be 0 or more, got {variants}")
-    if variants == 0 and not keep_original:
-        raise ValueError("--variants 0 without --keep-original would generate nothing")
+    if variants < 1:
+        raise ValueError(f"--variants must be at least 1, got {variants}")
     if quality is not None and not 1 <= quality <= 100:
         raise ValueError(f"--quality must be between 1 and 100, got {quality}")
-    if image_format is not None:
-        image_format = image_format.lower().lstrip(".")
-        if image_format == "same":
-            image_format = None
-        elif image_format not in IMAGE_FORMATS:
-            raise ValueError(f"--format: unknown format {image_format!r} (choose from same, {', '.join(IMAGE_FORMATS)})")
+    if detector not in DETECTORS:
+        raise ValueError(f"--detector: unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
+    try:
+        face_box(112, 112, layout)
+    except ValueError as exc:
+        raise ValueError(f"--layout: {exc}") from None
     mask = MaskOptions.parse(
         type=mask_type, color=color, pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight
     )
     return JobConfig(
-        aligned=aligned, variants=variants, keep_original=keep_original, seed=seed,
-        mask=mask.to_dict(), image_format=image_format, quality=quality,
+        aligned=aligned, layout=layout, detector=detector, upsample=upsample, variants=variants,
+        keep_original=keep_original, seed=seed, mask=mask.to_dict(), image_format=format_name(image_format),
+        quality=quality,
     )
+
+
+def format_name(value: str | None) -> str | None:
+    """`jpg`, `.PNG`, `same`... -> the canonical name ImageJob takes (JPEG, PNG, WEBP), None = the input's."""
+    if value is None or value.lower() in ("", "same"):
+        return None
+    name = value.upper().lstrip(".").replace("JPG", "JPEG")
+    if name not in IMAGE_FORMATS:
+        raise ValueError(f"--format: unknown format {value!r} (choose from same, jpg, png, webp)")
+    return name
 
 
 def check_folders(input_root: Path, out_dir: Path) -> None:

@@ -13,18 +13,24 @@ later stages (align, trainset, pairs, train, evaluate) add their runners to STAG
 from __future__ import annotations
 
 import json
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 PIPELINE_ORDER = ("align", "generate", "trainset", "pairs", "train", "evaluate")
 
 GENERATE_KEYS = {
     "input", "output", "input_list", "variants", "type", "color", "pattern", "wear", "wear_jitter",
-    "texture_weight", "keep_original", "seed", "aligned", "format", "quality", "shard_size", "workers",
+    "texture_weight", "keep_original", "seed", "aligned", "layout", "detector", "upsample", "format", "quality",
+    "shard_size", "workers",
     "address", "max_attempts",
 }
 
@@ -88,7 +94,8 @@ class GenerateStage:
                 variants=o.get("variants", 1), mask_type=o.get("type", "random"), color=o.get("color", "random"),
                 pattern=o.get("pattern", "random"), wear=o.get("wear", "proper"), wear_jitter=o.get("wear_jitter", 0.0),
                 texture_weight=o.get("texture_weight"), keep_original=o.get("keep_original", False),
-                seed=o.get("seed", 0), aligned=o.get("aligned", True), image_format=o.get("format"),
+                seed=o.get("seed", 0), aligned=o.get("aligned", True), layout=o.get("layout", "auto"),
+                detector=o.get("detector", "hog"), upsample=o.get("upsample"), image_format=o.get("format"),
                 quality=o.get("quality"),
             )
         except ValueError as exc:

@@ -73,7 +73,7 @@ def process_shard(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Process shard `index` and return its stats (also written, last, to its stats file)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     entries = read_inputs_slice(layout.inputs_file, *plan.shard_range(index))
     rows: list[dict] = []
     statuses: Counter = Counter()
@@ -99,6 +99,7 @@ def process_shard(
         "failed_rows": failed_rows,
         "examples": examples,
         "elapsed_s": round(time.perf_counter() - started, 3),
+        "cpu_s": round(time.process_time() - cpu_started, 3),  # this worker's CPU time for the shard
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "config_hash": plan.config_hash,
         "fingerprint": plan.fingerprint,

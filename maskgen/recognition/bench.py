@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from maskgen.recognition.config import TrainConfig
-from maskgen.recognition.data import PREFETCH, EpochSampler, ManifestDataset, collate, make_loader, read_manifest
+from maskgen.recognition.data import PREFETCH, EpochSampler, ManifestDataset, make_loader, read_manifest
 from maskgen.recognition.heads import get_head
 from maskgen.recognition.nets import get_model
 from maskgen.recognition.train import Dist, Recogniser, autocast_for, build_optimizer, pick_device, prepare_batch, train_step
@@ -67,7 +67,7 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, num_workers, devi
     optimizer, scheduler = build_optimizer(recogniser, config)
     model = torch.compile(recogniser) if compile else recogniser
     autocast = autocast_for(device, config.bf16)
-    memory_images, memory_labels, _ = collate([dataset[i] for i in range(batch_size)])
+    memory_images, memory_labels, _ = dataset.batch(range(batch_size))
     if on_cuda:
         memory_images = memory_images.pin_memory()
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from maskgen.images import ImageError, read_image
 
@@ -97,7 +97,8 @@ def read_manifest(manifest: str | Path, image_root: str | Path = "") -> Manifest
 
 
 class ManifestDataset(Dataset):
-    """Item i: (RGB uint8 H x W x 3, label, path, None), or (None, label, path, reason)."""
+    """Item i: (RGB uint8 H x W x 3, label, path, None), or (None, label, path, reason).
+    The DataLoader asks for whole batches (`batch`, as `__getitems__`)."""
 
     def __init__(self, manifest: Manifest, height: int = 112, width: int = 96):
         self.manifest, self.height, self.width = manifest, height, width
@@ -105,27 +106,46 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest.labels)
 
-    def __getitem__(self, index: int):
+    def decode_bgr(self, index: int):
         path = self.manifest.paths[index].decode()
         label = int(self.manifest.labels[index])
         try:
-            bgr = fit_to(read_image(path).bgr, self.height, self.width)
+            return fit_to(read_image(path).bgr, self.height, self.width), label, path, None
         except (ImageError, cv2.error) as exc:  # cv2.error: too small to crop and resize
             return None, label, path, str(exc).strip().splitlines()[-1]
-        return np.ascontiguousarray(bgr[:, :, ::-1]), label, path, None
+
+    def __getitem__(self, index: int):
+        bgr, label, path, reason = self.decode_bgr(index)
+        return (None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), label, path, reason
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+        """(uint8 RGB N x 3 x H x W, int64 labels, [(path, reason) of skipped images]).
+
+        Decodes straight into one buffer, in shared memory when called in a loader worker
+        (so the batch reaches the trainer without another copy); the images tensor is a
+        channels-last view of that N x H x W x 3 buffer."""
+        buffer = torch.empty((len(indices), self.height, self.width, 3), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            buffer.share_memory_()
+        pixels, labels, skipped = buffer.numpy(), [], []
+        for index in indices:
+            bgr, label, path, reason = self.decode_bgr(index)
+            if bgr is None:
+                skipped.append((path, reason))
+                continue
+            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=pixels[len(labels)])  # 10x numpy's reversed-stride copy
+            labels.append(label)
+        return buffer[: len(labels)].permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.long), skipped
+
+    __getitems__ = batch  # the DataLoader's batched fetch
 
 
-def collate(items):
-    """(uint8 N x 3 x H x W, int64 labels, [(path, reason) of skipped images]). The images
-    tensor is a channels-last view of the stacked HWC arrays, no copy."""
-    good = [item for item in items if item[0] is not None]
-    skipped = [(item[2], item[3]) for item in items if item[0] is None]
-    if good:
-        images = torch.from_numpy(np.stack([item[0] for item in good])).permute(0, 3, 1, 2)
-    else:
-        images = torch.empty((0, 3, 1, 1), dtype=torch.uint8)
-    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
-    return images, labels, skipped
+def _as_is(batch):
+    return batch
+
+
+def _init_worker(_worker_id: int) -> None:
+    cv2.setNumThreads(1)  # one decode process per core; OpenCV's own threads would oversubscribe
 
 
 class EpochSampler(Sampler[int]):
@@ -162,6 +182,6 @@ def make_loader(dataset: ManifestDataset, sampler: EpochSampler, num_workers: in
     return DataLoader(
         dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers,
         generator=torch.Generator().manual_seed(sampler.seed),
-        collate_fn=collate, pin_memory=pin_memory, drop_last=True,
+        collate_fn=_as_is, worker_init_fn=_init_worker, pin_memory=pin_memory, drop_last=True,
         persistent_workers=num_workers > 0, prefetch_factor=PREFETCH if num_workers > 0 else None,
     )

@@ -1,0 +1,70 @@
+"""`maskgen evaluate`: a thin typer command over maskgen.evaluation (registered in cli.py).
+
+Exit codes: 0 done, 2 unusable input (pairs, images, model, output folder). The heavy
+imports (scikit-learn, matplotlib, dlib, torch) happen inside the function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def evaluate(
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="A checkpoint.pt from `maskgen train` (or its folder), or dlib-resnet: dlib's "
+        "pretrained 128-d ResNet from face_recognition_models (no torch needed).", show_default=False)],
+    pairs: Annotated[Path, typer.Option(
+        "--pairs", "-p", help="Pairs file (.parquet) from `maskgen pairs`; relative image paths start from the current folder.",
+        show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Results folder: report.json, report.md, roc.png, scores.parquet.", show_default=False)],
+    skip_missing: Annotated[bool, typer.Option(
+        "--skip-missing", help="Leave out the pairs whose images are missing or unreadable (counted and listed in "
+        "the report) instead of stopping.")] = False,
+    mean: Annotated[str, typer.Option(
+        "--mean", help="Per-fold mean subtraction (LFW protocol): on | off | auto (on unless some training folds "
+        "hold fewer than 20 identities, as in the 5-identity sample, where their mean stands for those people).")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option("--device", help="Checkpoints only: auto (CUDA when torch sees one) | cpu | cuda | cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no tables; errors only.")] = False,
+) -> None:
+    """Verification accuracy of a recogniser on masked/unmasked pairs, with the LFW protocol:
+    mean ± std over folds, ROC/AUC, EER, TAR@FAR, per pair type, mask type and wear."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from maskgen.evaluation.embedders import EmbedderError, get_embedder
+    from maskgen.evaluation.evaluate import EvaluationError, evaluate_pairs
+    from maskgen.evaluation.report import print_report, write_report
+
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file, not a folder")
+    try:
+        embedder = get_embedder(model, device, batch_size)
+        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), disable=quiet, transient=True) as progress:
+            task = progress.add_task("embed", total=None)
+            evaluation = evaluate_pairs(pairs, embedder, skip_missing, mean,
+                                        on_batch=lambda n: progress.advance(task, n),
+                                        on_start=lambda total: progress.update(task, total=total))
+        targets = write_report(evaluation, out)
+    except (EmbedderError, EvaluationError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write to {out}: {exc.strerror or exc}") from None
+    if not quiet:
+        console = Console()
+        print_report(evaluation.report, console)
+        timing = evaluation.timing
+        console.print(f"{timing['images']} images embedded in {timing['embedding_s']:.1f} s, protocol {timing['protocol_s']:.2f} s; "
+                      f"report: {targets['report.md']}", highlight=False)
