@@ -13,6 +13,7 @@ from rich.table import Table
 
 from maskgen import cli_options as opt
 from maskgen.pipeline import commands
+from maskgen.evaluation import commands as evaluation_commands
 from maskgen.video import commands as video_commands
 
 app = typer.Typer(
@@ -250,6 +251,7 @@ app.command("generate")(commands.generate)
 app.command("inspect")(commands.inspect)
 app.command("run")(commands.run)
 app.command("video")(video_commands.video)
+app.command("evaluate")(evaluation_commands.evaluate)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -103,7 +103,7 @@ def test_bad_rows_are_skipped_and_reported_not_a_crash(face_tree):
     dataset = ManifestDataset(read_manifest(write_manifest(root / "m.parquet", rows)))
     sampler = EpochSampler(len(dataset), batch_size=29)  # 58 rows: two full batches
     seen, skipped = 0, []
-    for images, labels, bad in make_loader(dataset, sampler, num_workers=1, pin_memory=False):
+    for images, labels, bad in make_loader(dataset, sampler, workers=1, pin_memory=False):
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 112, 96) and len(images) == len(labels)
         seen += len(labels)
         skipped += bad

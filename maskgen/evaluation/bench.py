@@ -39,8 +39,8 @@ def synthetic_pairs(pairs: int = 6000, folds: int = 10, dim: int = 1024, identit
     first = fold * identities_per_fold + rng.integers(0, identities_per_fold, len(fold))
     offset = rng.integers(1, identities_per_fold, len(fold))  # another identity of the same fold
     second = np.where(same, first, fold * identities_per_fold + (first % identities_per_fold + offset) % identities_per_fold)
-    features_a = centres[first] + 1.2 * rng.standard_normal(centres[first].shape, dtype=np.float32)
-    features_b = centres[second] + 0.8 * rng.standard_normal(centres[second].shape, dtype=np.float32)
+    features_a = centres[first] + 3.0 * rng.standard_normal(centres[first].shape, dtype=np.float32)
+    features_b = centres[second] + 2.5 * rng.standard_normal(centres[second].shape, dtype=np.float32)
     table = pd.DataFrame({
         "fold": fold, "pair_type": "masked-unmasked", "same": same,
         "path_a": [f"{i}/a.jpg" for i in range(len(fold))], "path_b": [f"{i}/b.jpg" for i in range(len(fold))],

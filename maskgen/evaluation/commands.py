@@ -20,6 +20,32 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+class EmbeddingProgress:
+    """A progress bar on stderr that appears only once embedding starts (so an early error
+    prints nothing else) and is gone when it ends."""
+
+    def __init__(self, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 console=Console(stderr=True), disable=quiet, transient=True)
+        self.task = None
+
+    def start(self, total: int) -> None:
+        self.task = self.progress.add_task("embed", total=total)
+        self.progress.start()
+
+    def advance(self, count: int) -> None:
+        self.progress.advance(self.task, count)
+
+    def __enter__(self) -> EmbeddingProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
 def evaluate(
     model: Annotated[str, typer.Option(
         "--model", "-m", help="A checkpoint.pt from `maskgen train` (or its folder), or dlib-resnet: dlib's "
@@ -35,14 +61,12 @@ def evaluate(
     mean: Annotated[str, typer.Option(
         "--mean", help="Per-fold mean subtraction (LFW protocol): on | off | auto (on unless some training folds "
         "hold fewer than 20 identities, as in the 5-identity sample, where their mean stands for those people).")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (each also mirrored).")] = 64,
     device: Annotated[str, typer.Option("--device", help="Checkpoints only: auto (CUDA when torch sees one) | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no tables; errors only.")] = False,
 ) -> None:
     """Verification accuracy of a recogniser on masked/unmasked pairs, with the LFW protocol:
     mean ± std over folds, ROC/AUC, EER, TAR@FAR, per pair type, mask type and wear."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from maskgen.evaluation.embedders import EmbedderError, get_embedder
     from maskgen.evaluation.evaluate import EvaluationError, evaluate_pairs
     from maskgen.evaluation.report import print_report, write_report
@@ -51,12 +75,9 @@ def evaluate(
         raise _fail(f"--out {out} is a file, not a folder")
     try:
         embedder = get_embedder(model, device, batch_size)
-        with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), disable=quiet, transient=True) as progress:
-            task = progress.add_task("embed", total=None)
-            evaluation = evaluate_pairs(pairs, embedder, skip_missing, mean,
-                                        on_batch=lambda n: progress.advance(task, n),
-                                        on_start=lambda total: progress.update(task, total=total))
+        with EmbeddingProgress(quiet) as progress:
+            evaluation = evaluate_pairs(pairs, embedder, skip_missing, mean, on_batch=progress.advance,
+                                        on_start=progress.start)
         targets = write_report(evaluation, out)
     except (EmbedderError, EvaluationError) as exc:
         raise _fail(str(exc)) from None

@@ -38,7 +38,7 @@ class EvaluationError(ValueError):
 class Evaluation:
     report: dict  # JSON-ready: model, pairs, groups, breakdown, skipped, timing
     curves: dict[str, metrics.Roc]  # group -> ROC, for the plot
-    scores: pd.DataFrame  # the evaluated pairs + group, score, threshold, accepted
+    scores: pd.DataFrame  # the evaluated pairs + score, threshold, accepted (per its pair type)
     timing: dict = field(default_factory=dict)
 
 
@@ -203,8 +203,8 @@ def evaluate_pairs(pairs_path: Path, embedder: Embedder, skip_missing: bool = Fa
         "model": embedder.info(),
         "pairs": {"file": str(pairs_path), "total": total, "evaluated": len(pairs),
                   "types": {t: int(n) for t, n in pairs.pair_type.value_counts().sort_index().items()}},
-        "protocol": "LFW: features concat(f(x), f(flip x)); per fold, the mean feature of the other folds "
-                    "subtracted, L2-normalised, cosine; threshold = best accuracy on the other folds",
+        "protocol": "LFW: features concat(f(x), f(flip x)); per fold, the other folds' mean feature subtracted "
+                    "(unless noted), L2-normalised, cosine; threshold = best accuracy on the other folds",
         "groups": groups,
         "breakdown": rows,
         "skipped": {"pairs": total - len(pairs), "images": problems},

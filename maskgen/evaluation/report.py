@@ -17,7 +17,7 @@ from maskgen.images import write_atomic
 
 JSON_NAME, MARKDOWN_NAME, ROC_NAME, SCORES_NAME = "report.json", "report.md", "roc.png", "scores.parquet"
 BASELINE = "unmasked-unmasked"  # the breakdown's accuracy drop is measured against it
-BY_TITLES = {"mask_type": "mask type", "wear": "wear"}
+BY_TITLES = {"mask_type": "mask", "wear": "wear"}  # subset labels: "mask: cloth", "wear: nose"
 
 
 def percent(value: float | None, digits: int = 1) -> str:
@@ -28,8 +28,8 @@ def number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def accuracy_text(group: dict) -> str:
-    return f"{100 * group['accuracy']:.2f} ± {100 * group['accuracy_std']:.2f}"
+def accuracy_text(group: dict, digits: int = 2) -> str:
+    return f"{100 * group['accuracy']:.{digits}f} ± {100 * group['accuracy_std']:.{digits}f}"
 
 
 def tar_text(group: dict, far: float) -> str:
@@ -55,15 +55,25 @@ def group_rows(report: dict) -> list[list[str]]:
              *(tar_text(g, far) for far in FARS), number(g["threshold"])] for g in report["groups"]]
 
 
-def breakdown_header(by: str) -> list[str]:
-    return ["pairs", BY_TITLES[by], "n", "accuracy", "Δ pts", "TAR", "FAR", "AUC"]
+BREAKDOWN_HEADER = ["pairs", "subset", "n", "accuracy %", f"Δ vs {BASELINE} (pts)", "TAR", "FAR", "AUC"]
+PAIR_TYPE_ORDER = (BASELINE, "masked-unmasked", "masked-masked")
 
 
-def breakdown_rows(report: dict, by: str) -> list[list[str]]:
+def breakdown_rows(report: dict) -> list[list[str]]:
+    """Per pair type: its protocol result ("all"), then each mask type and wear in it."""
     baseline = baseline_accuracy(report)
-    return [[r["pair_type"], r["value"], str(r["pairs"]), percent(r["accuracy"]), drop_text(r, baseline),
-             percent(r["tar"]), percent(r["far"]), number(r["auc"], 4)]
-            for r in report["breakdown"] if r["by"] == by]
+    groups = {g["group"]: g for g in report["groups"]}
+    order = [t for t in PAIR_TYPE_ORDER if t in groups] + sorted(set(groups) - set(PAIR_TYPE_ORDER) - {ALL_PAIRS})
+    rows = []
+    for pair_type in order:
+        g = groups[pair_type]
+        rows.append([pair_type, "all", str(g["pairs"]), accuracy_text(g, 1),
+                     "–" if pair_type == BASELINE else drop_text(g, baseline),
+                     percent(g["tar"]), percent(g["far"]), number(g["auc"], 4)])
+        rows += [[pair_type, f"{BY_TITLES[r['by']]}: {r['value']}", str(r["pairs"]), f"{100 * r['accuracy']:.1f}",
+                  drop_text(r, baseline), percent(r["tar"]), percent(r["far"]), number(r["auc"], 4)]
+                 for r in report["breakdown"] if r["pair_type"] == pair_type]
+    return rows
 
 
 def notes(report: dict) -> list[str]:
@@ -107,14 +117,13 @@ def markdown(report: dict) -> str:
         "folds; AUC, EER and TAR@FAR on the pooled out-of-fold scores; threshold: the folds' mean (cosine).",
         markdown_table(GROUP_HEADER, group_rows(report)), f"![ROC]({ROC_NAME})",
     ]
-    for by, title in BY_TITLES.items():
-        rows = breakdown_rows(report, by)
-        if rows:
-            parts += [f"## By {title}",
-                      "Each pair type's own scores and fold thresholds, on the pairs where either image has this "
-                      f"{title} (a masked–masked pair with two is counted under both). Δ pts: accuracy minus "
-                      f"{BASELINE} accuracy; TAR: same-identity pairs accepted; FAR: different-identity pairs accepted.",
-                      markdown_table(breakdown_header(by), rows)]
+    if report["breakdown"] or len(report["groups"]) > 1:
+        parts += ["## By mask type and wear",
+                  f"Each pair type's own scores and fold thresholds. `all`: the pair type's accuracy (mean ± std over "
+                  "folds); a mask type or wear: the accuracy on the pairs where either image has it (pooled over "
+                  f"folds; a masked–masked pair with two is counted under both). Δ: accuracy minus {BASELINE} "
+                  "accuracy; TAR: same-identity pairs accepted; FAR: different-identity pairs accepted.",
+                  markdown_table(BREAKDOWN_HEADER, breakdown_rows(report))]
     if notes(report):
         parts += ["## Notes", "\n".join(f"- {n}" for n in notes(report))]
     return "\n\n".join(parts) + "\n"
@@ -192,9 +201,7 @@ def rich_table(title: str, header: list[str], rows: list[list[str]]):
 def print_report(report: dict, console) -> None:
     report = json_ready(report)
     console.print(rich_table(f"{report['model']['model']} on {report['pairs']['file']}", GROUP_HEADER, group_rows(report)))
-    for by, title in BY_TITLES.items():
-        rows = breakdown_rows(report, by)
-        if rows:
-            console.print(rich_table(f"by {title}", breakdown_header(by), rows))
+    if report["breakdown"] or len(report["groups"]) > 1:
+        console.print(rich_table("by mask type and wear", BREAKDOWN_HEADER, breakdown_rows(report)))
     for note in notes(report):
         console.print(f"[dim]{note}[/dim]", highlight=False)

@@ -85,6 +85,8 @@ def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_js
         summary = run_generate(request, RichReporter() if live else SilentReporter())
     except (InputError, PlanMismatch, RunnerError) as exc:
         raise _fail(str(exc), as_json) from None
+    except OSError as exc:  # OUT_DIR not writable, disk full while planning...
+        raise _fail(f"{exc.filename or request.out_dir}: {exc.strerror or exc}", as_json) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -38,13 +38,37 @@ def connect(address: str | None, workers: int | None) -> tuple[int, bool]:
     if not ray.is_initialized():
         quiet = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
         if address:
-            ray.init(address=address, **quiet)
-        else:
-            # "local" ignores any cluster left running on this machine: no address means local
-            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **quiet)
+            _check_reachable(address)
+        try:
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                # "local" ignores any cluster left running on this machine: no address means local
+                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **quiet)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError... all mean the same here
+            where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
+            hint = ""
+            if "auth" in str(exc).lower() or "token" in str(exc).lower():
+                hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, "
+                        "or copy ~/.ray/auth_token from the head node)")
+            raise RunnerError(f"cannot {where}: {_short_error(exc)}{hint}") from exc
         started_here = True
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return min(workers or cpus, cpus), started_here
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a wrong host:port (Ray itself retries for minutes, printing C++ warnings)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RunnerError(
+            f"cannot join the Ray cluster at {address}: {exc.strerror or exc} "
+            f"(is `ray start --head` running there, and is the port open?)"
+        ) from None
 
 
 class ProgressBoard:

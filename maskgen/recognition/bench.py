@@ -37,7 +37,7 @@ def tiled(manifest, at_least: int):
 
 
 def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 4, rounds: int = 2,
-                manifest: str | Path | None = None, num_workers: int | None = None, device: str = "auto",
+                manifest: str | Path | None = None, workers: int | None = None, device: str = "auto",
                 compile: bool = False, console=None) -> dict:
     """Images/s of both modes; `steps` timed steps per mode per round, after one warm-up step each."""
     with tempfile.TemporaryDirectory(prefix="maskgen-bench-") as tmp:
@@ -45,20 +45,21 @@ def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 
             from maskgen.recognition.samples import build_sample_manifest
 
             manifest = build_sample_manifest(Path(tmp) / "manifest.parquet")
-        return _run(model, batch_size, steps, rounds, Path(manifest), num_workers, device, compile, console)
+        return _run(model, batch_size, steps, rounds, Path(manifest), workers, device, compile, console)
 
 
-def _run(model_name, batch_size, steps, rounds, manifest_path, num_workers, device_name, compile, console):
+def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_name, compile, console):
     config = TrainConfig(model=model_name, batch_size=batch_size, device=device_name, compile=compile)
     device = pick_device(config, Dist())
     on_cuda = device.type == "cuda"
-    if num_workers is None:
-        num_workers = min(16, os.cpu_count() or 1) if on_cuda else 1
+    if workers is None:
+        workers = min(14, (os.cpu_count() or 2) - 2) if on_cuda else 1
     torch.backends.cudnn.benchmark = on_cuda
     manifest = tiled(read_manifest(manifest_path), batch_size * 4)
     dataset = ManifestDataset(manifest, config.height, config.width)
     sampler = EpochSampler(len(dataset), batch_size, seed=0)
-    batches = endless_batches(make_loader(dataset, sampler, num_workers, pin_memory=on_cuda), sampler)
+    loader = make_loader(dataset, sampler, workers, pin_memory=on_cuda)
+    batches = endless_batches(loader, sampler)
 
     head = get_head("asoftmax", config.embedding_size, max(CASIA_CLASSES, manifest.num_classes), config)
     channels_last = on_cuda and config.channels_last
@@ -67,7 +68,7 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, num_workers, devi
     optimizer, scheduler = build_optimizer(recogniser, config)
     model = torch.compile(recogniser) if compile else recogniser
     autocast = autocast_for(device, config.bf16)
-    memory_images, memory_labels, _ = dataset.batch(range(batch_size))
+    memory_images, memory_labels, _ = dataset.batch(range(batch_size), pin_memory=on_cuda)
     if on_cuda:
         memory_images = memory_images.pin_memory()
 
@@ -89,7 +90,7 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, num_workers, devi
     def drain_prefetched():
         """Drop the batches the workers queued while the other mode ran, so the loader is
         timed from an empty queue (steady state) rather than on a head start."""
-        for _ in range(max(1, num_workers) * PREFETCH):
+        for _ in range(max(1, workers) * PREFETCH):
             next(batches)
 
     modes = {"in-memory": in_memory, "manifest loader": from_loader}
@@ -109,7 +110,7 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, num_workers, devi
     images = batch_size * steps * rounds
     result = {
         "device": torch.cuda.get_device_name(device) if on_cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
-        "model": model_name, "batch_size": batch_size, "num_workers": num_workers,
+        "model": model_name, "batch_size": batch_size, "num_workers": workers,
         "bf16": on_cuda and config.bf16, "channels_last": channels_last, "compile": compile,
         "img_per_s": {name: images / s for name, s in seconds.items()},
     }

@@ -93,7 +93,8 @@ def bench_train(
         "--manifest", help="Training manifest to load from. Default: the built-in sample faces (+ generated masks) "
         "written as 96x112 JPEGs to a temporary folder.", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Loader processes. Default: 1 on the CPU, min(16, CPUs) with CUDA.", show_default=False)] = None,
+        "--workers", min=0, help="Loader processes (0: decode in the training loop). Default: 1 on the CPU, "
+        "min(14, CPUs - 2) with CUDA.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (CUDA).")] = False,
 ) -> None:

@@ -27,7 +27,7 @@ class TrainConfig:
     width: int = 96  # network input width; other image sizes are centre-cropped to the aspect and resized
     height: int = 112  # network input height
     mirror: bool = True  # random horizontal flip
-    num_workers: int = 8  # DataLoader decode processes per training process
+    num_workers: int = 8  # decoding processes per training process (0 = decode in the training loop)
     # model and head
     model: str = "sphereface20"  # sphereface4/10/20/36/64
     embedding_size: int = 512

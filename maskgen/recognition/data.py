@@ -1,4 +1,4 @@
-"""The training manifest as a Dataset, a resumable epoch sampler, and the DataLoader.
+"""The training manifest, a resumable epoch sampler, and a threaded batch loader.
 
 Manifest (written by `maskgen trainset`): Parquet file or folder of Parquet files with at
 least `path` (absolute, or relative to the folder holding the manifest) and `label`
@@ -7,7 +7,12 @@ schema metadata `maskgen.num_classes` when present, else max(label) + 1.
 
 Images are decoded to RGB uint8 (BGR decodes converted once, here) and handed over as
 uint8 N x 3 x H x W; mirroring and (x - 127.5) / 128 happen on the training device.
-A file that cannot be decoded is skipped and reported with the batch, never a crash.
+A file that cannot be decoded is skipped and reported with its batch, never a crash.
+
+Loading: DataLoader worker processes, each decoding a whole batch straight into one
+shared-memory buffer (so no per-image pickling and no extra copy to reach the trainer);
+OpenCV's own threads are turned off in the workers (one process per core). Decoding in
+threads of the training process was measured slower on the GPU machine (the GIL).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from maskgen.images import ImageError, read_image
+from maskgen.images import ImageError, decode_image
 
 NUM_CLASSES_KEY = b"maskgen.num_classes"
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 PREFETCH = 4  # batches each loader worker keeps ready
 
 
@@ -61,7 +67,7 @@ def manifest_files(manifest: Path) -> list[Path]:
 
 @dataclass
 class Manifest:
-    paths: np.ndarray  # absolute paths as UTF-8 bytes (a numpy array shares well with workers)
+    paths: np.ndarray  # absolute paths as UTF-8 bytes (compact for millions of rows)
     labels: np.ndarray  # int64
     num_classes: int
     masked: int  # rows with variant == "masked" (0 when the column is absent)
@@ -96,9 +102,25 @@ def read_manifest(manifest: str | Path, image_root: str | Path = "") -> Manifest
     return Manifest(np.array([p.encode() for p in paths]), labels, num_classes, masked)
 
 
+def decode_bgr(path: str) -> np.ndarray:
+    """A complete JPEG goes straight to cv2.imdecode (GIL-free); anything else, or a JPEG
+    cv2 refuses, goes through maskgen.images (strict, every format, a precise error).
+    Unlike maskgen.images with simplejpeg, the fast path does not reject JPEGs with corrupt
+    entropy data: the training manifest lists images that `maskgen generate` already wrote."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError("unreadable", f"cannot read file: {exc.strerror or exc}") from None
+    if data.startswith(JPEG_START) and data.endswith(JPEG_END):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            return bgr
+    return decode_image(data).bgr
+
+
 class ManifestDataset(Dataset):
     """Item i: (RGB uint8 H x W x 3, label, path, None), or (None, label, path, reason).
-    The DataLoader asks for whole batches (`batch`, as `__getitems__`)."""
+    The DataLoader fetches whole batches (`batch`, as `__getitems__`)."""
 
     def __init__(self, manifest: Manifest, height: int = 112, width: int = 96):
         self.manifest, self.height, self.width = manifest, height, width
@@ -106,30 +128,30 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest.labels)
 
-    def decode_bgr(self, index: int):
+    def load_bgr(self, index: int):
         path = self.manifest.paths[index].decode()
         label = int(self.manifest.labels[index])
         try:
-            return fit_to(read_image(path).bgr, self.height, self.width), label, path, None
+            return fit_to(decode_bgr(path), self.height, self.width), label, path, None
         except (ImageError, cv2.error) as exc:  # cv2.error: too small to crop and resize
             return None, label, path, str(exc).strip().splitlines()[-1]
 
     def __getitem__(self, index: int):
-        bgr, label, path, reason = self.decode_bgr(index)
+        bgr, label, path, reason = self.load_bgr(index)
         return (None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), label, path, reason
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    def batch(self, indices, pin_memory: bool = False):
         """(uint8 RGB N x 3 x H x W, int64 labels, [(path, reason) of skipped images]).
 
         Decodes straight into one buffer, in shared memory when called in a loader worker
-        (so the batch reaches the trainer without another copy); the images tensor is a
+        (the batch then reaches the trainer without another copy); the images tensor is a
         channels-last view of that N x H x W x 3 buffer."""
-        buffer = torch.empty((len(indices), self.height, self.width, 3), dtype=torch.uint8)
+        buffer = torch.empty((len(indices), self.height, self.width, 3), dtype=torch.uint8, pin_memory=pin_memory)
         if get_worker_info() is not None:
             buffer.share_memory_()
         pixels, labels, skipped = buffer.numpy(), [], []
         for index in indices:
-            bgr, label, path, reason = self.decode_bgr(index)
+            bgr, label, path, reason = self.load_bgr(index)
             if bgr is None:
                 skipped.append((path, reason))
                 continue
@@ -176,12 +198,12 @@ class EpochSampler(Sampler[int]):
         return iter(mine[self.start_batch * self.batch_size:].tolist())
 
 
-def make_loader(dataset: ManifestDataset, sampler: EpochSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+def make_loader(dataset: ManifestDataset, sampler: EpochSampler, workers: int, pin_memory: bool) -> DataLoader:
     # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG at every
     # epoch, which would make the global RNG state depend on where a run was resumed.
     return DataLoader(
-        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=num_workers,
+        dataset, batch_size=sampler.batch_size, sampler=sampler, num_workers=workers,
         generator=torch.Generator().manual_seed(sampler.seed),
         collate_fn=_as_is, worker_init_fn=_init_worker, pin_memory=pin_memory, drop_last=True,
-        persistent_workers=num_workers > 0, prefetch_factor=PREFETCH if num_workers > 0 else None,
+        persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
     )

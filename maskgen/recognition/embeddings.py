@@ -29,6 +29,11 @@ class CheckpointError(ValueError):
     """A file that is not a usable SphereFace checkpoint; the message says why, in one line."""
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _checked_config(checkpoint: object, path: Path) -> dict:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not a maskgen training checkpoint (no saved config and model state)")
@@ -42,13 +47,20 @@ def _checked_config(checkpoint: object, path: Path) -> dict:
     return config
 
 
-def _load_weights(net: nn.Module, state: dict, config: dict, path: Path) -> None:
-    try:
-        net.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = " ".join(str(exc).split())[:200]
-        raise CheckpointError(f"{path}: the weights do not fit {config['model']} as its config says "
-                              f"(another architecture?): {first}") from None
+def _load_weights(net: nn.Module, state: object, config: dict, path: Path) -> None:
+    expected = net.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the model state is not a state dict")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise CheckpointError(
+            f"{path}: the weights do not fit {config['model']} at {config['width']}x{config['height']} as its config "
+            f"says (another architecture?): {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(reshaped)} of another shape, e.g. {example}")
+    net.load_state_dict(state)
 
 
 def load_embedding_net(path: str | Path) -> tuple[nn.Module, dict]:
@@ -56,8 +68,8 @@ def load_embedding_net(path: str | Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     try:
         checkpoint = load_checkpoint(path)
-    except TrainError as exc:
-        raise CheckpointError(str(exc)) from None
+    except TrainError as exc:  # torch's unpickling messages run to many lines
+        raise CheckpointError(one_line(str(exc))) from None
     config = _checked_config(checkpoint, path)
     net = get_model(config["model"], config["embedding_size"], (config["height"], config["width"]))
     _load_weights(net, checkpoint["model"], config, path)

@@ -238,6 +238,28 @@ class TrainResult:
     checkpoint: Path
 
 
+class Meter:
+    """Loss and accuracy summed on the device (no host sync per step), read at log steps."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen, self.tick = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, cos: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss * len(labels)
+        self.correct += (cos.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def take(self) -> dict:
+        """Mean loss, accuracy and images/s since the last take; then starts over."""
+        now, seen = time.perf_counter(), max(self.seen, 1)
+        out = {"loss": self.loss.item() / seen, "acc": self.correct.item() / seen, "img_per_s": self.seen / (now - self.tick)}
+        self.loss.zero_(), self.correct.zero_()
+        self.seen, self.tick = 0, now
+        return out
+
+
 def _lambda(head: nn.Module) -> float:
     return head.current_lambda() if hasattr(head, "current_lambda") else 0.0
 
@@ -251,132 +273,169 @@ def _check_resumable(checkpoint: dict, config: TrainConfig, num_classes: int) ->
         raise TrainError(f"cannot resume: the checkpoint has {checkpoint['num_classes']} classes, the manifest {num_classes}")
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None) -> TrainResult:
-    """Train until config.max_steps; `console` (rich) gets progress and log lines, None = quiet."""
-    dist = init_distributed()
-    console = console if dist.main else None
-    device = pick_device(config, dist)
-    on_cuda = device.type == "cuda"
-    out_dir = Path(config.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    if ckpt_path.exists() and not (resume or overwrite):
-        raise TrainError(f"{ckpt_path} exists: pass --resume to continue it, or --overwrite to start over")
-    if config.batch_size % dist.world_size:
-        raise TrainError(f"batch_size {config.batch_size} does not split over {dist.world_size} processes")
+def configure_torch(config: TrainConfig, on_cuda: bool) -> None:
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = on_cuda and not config.deterministic
 
+
+def open_manifest(config: TrainConfig, dist: Dist, console):
+    """The manifest (built from the sample faces first when the config asks for that)."""
     if not config.manifest:
         raise TrainError("no manifest: set `manifest` in the config or --set manifest=PATH")
-    manifest_path = Path(config.manifest)
-    if config.samples and not manifest_path.exists() and dist.main:
+    path = Path(config.manifest)
+    if config.samples and not path.exists() and dist.main:
         from maskgen.recognition.samples import build_sample_manifest
 
         if console:
-            console.print(f"building {manifest_path} from the built-in sample faces (with generated masks)")
-        build_sample_manifest(manifest_path)
+            console.print(f"building {path} from the built-in sample faces (with generated masks)")
+        build_sample_manifest(path)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    manifest = read_manifest(manifest_path, config.image_root)
-    dataset = ManifestDataset(manifest, config.height, config.width)
-    sampler = EpochSampler(len(dataset), config.batch_size // dist.world_size, config.seed, dist.rank, dist.world_size)
-    loader = make_loader(dataset, sampler, config.num_workers, pin_memory=on_cuda)
+    return read_manifest(path, config.image_root)
 
-    seed_everything(config.seed)
-    backbone = get_model(config.model, config.embedding_size, config.input_size())
-    head = get_head(config.head, config.embedding_size, manifest.num_classes, config)
-    channels_last = on_cuda and config.channels_last
-    recogniser = Recogniser(backbone, head).to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer, scheduler = build_optimizer(recogniser, config)
-    position, skipped = Position(), 0
 
-    resumed = resume and ckpt_path.exists()
-    if resumed:
-        checkpoint = load_checkpoint(ckpt_path)
-        _check_resumable(checkpoint, config, manifest.num_classes)
-        backbone.load_state_dict(checkpoint["model"])
-        head.load_state_dict(checkpoint["head"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        position = Position(checkpoint["step"], checkpoint["epoch"], checkpoint["batch"])
-        skipped = checkpoint["skipped"]
+class Trainer:
+    """One training run: set up in __init__ (restoring a checkpoint on resume), then run()."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None):
+        self.config, self.dist = config, init_distributed()
+        self.console = console if self.dist.main else None
+        self.device = pick_device(config, self.dist)
+        self.on_cuda = self.device.type == "cuda"
+        self.channels_last = self.on_cuda and config.channels_last
+        self.out_dir = Path(config.out_dir)
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME
+        if self.ckpt_path.exists() and not (resume or overwrite):
+            raise TrainError(f"{self.ckpt_path} exists: pass --resume to continue it, or --overwrite to start over")
+        if config.batch_size % self.dist.world_size:
+            raise TrainError(f"batch_size {config.batch_size} does not split over {self.dist.world_size} processes")
+        configure_torch(config, self.on_cuda)
+        self._build_data()
+        self._build_model()
+        self.resumed = resume and self.ckpt_path.exists()
+        if self.resumed:
+            self._restore(load_checkpoint(self.ckpt_path))
+        elif resume and self.console:
+            self.console.print(f"no checkpoint at {self.ckpt_path}: starting from scratch")
+        self.model = self._wrap(self.recogniser)
+
+    def _build_data(self) -> None:
+        config, dist = self.config, self.dist
+        self.manifest = open_manifest(config, dist, self.console)
+        self.dataset = ManifestDataset(self.manifest, config.height, config.width)
+        self.sampler = EpochSampler(len(self.dataset), config.batch_size // dist.world_size, config.seed,
+                                    dist.rank, dist.world_size)
+        self.loader = make_loader(self.dataset, self.sampler, config.num_workers, pin_memory=self.on_cuda)
+
+    def _build_model(self) -> None:
+        config = self.config
+        seed_everything(config.seed)
+        self.backbone = get_model(config.model, config.embedding_size, config.input_size())
+        self.head = get_head(config.head, config.embedding_size, self.manifest.num_classes, config)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.recogniser = Recogniser(self.backbone, self.head).to(self.device, memory_format=fmt)
+        self.optimizer, self.scheduler = build_optimizer(self.recogniser, config)
+        self.position, self.skipped = Position(), 0
+
+    def _restore(self, checkpoint: dict) -> None:
+        _check_resumable(checkpoint, self.config, self.manifest.num_classes)
+        self.backbone.load_state_dict(checkpoint["model"])
+        self.head.load_state_dict(checkpoint["head"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.position = Position(checkpoint["step"], checkpoint["epoch"], checkpoint["batch"])
+        self.skipped = checkpoint["skipped"]
         restore_rng_states(checkpoint["rng"])
-    elif resume and console:
-        console.print(f"no checkpoint at {ckpt_path}: starting from scratch")
 
-    model = recogniser
-    if dist.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
-    if config.compile:
-        model = torch.compile(model)
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.on_cuda else None)
+        return torch.compile(model) if self.config.compile else model
 
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    log = RunLog(out_dir, config, console, fresh=not resumed) if dist.main else None
-    if console:
-        console.print(
-            f"{config.model} + {config.head} on {device} x{dist.world_size}: {len(dataset)} images "
-            f"({manifest.masked} masked), {manifest.num_classes} classes, {sampler.batches_per_epoch} batches/epoch, "
-            f"{'resuming at' if resumed else 'starting at'} step {position.step} of {config.max_steps}",
-            highlight=False)
-
-    def checkpoint_now() -> None:
-        if dist.main:
+    def save(self) -> None:
+        if self.dist.main:
             save_checkpoint(
-                ckpt_path, format=1, model=backbone.state_dict(), head=head.state_dict(),
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                step=position.step, epoch=position.epoch, batch=position.batch, skipped=skipped,
-                lambda_=_lambda(head), config=config.to_dict(), num_classes=manifest.num_classes,
-                world_size=dist.world_size, rng=rng_states())
+                self.ckpt_path, format=1, model=self.backbone.state_dict(), head=self.head.state_dict(),
+                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                step=self.position.step, epoch=self.position.epoch, batch=self.position.batch,
+                skipped=self.skipped, lambda_=_lambda(self.head), config=self.config.to_dict(),
+                num_classes=self.manifest.num_classes, world_size=self.dist.world_size, rng=rng_states())
 
-    autocast = autocast_for(device, config.bf16)
-    progress, task = make_progress(console, config.max_steps, position.step) if console else (None, None)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, last = 0, {"loss": float("nan"), "acc": float("nan")}
-    tick = time.perf_counter()
-    model.train()
-    with progress or nullcontext():
-        while position.step < config.max_steps:
-            sampler.set_position(position.epoch, position.batch)
-            for images, labels, bad in loader:
-                skipped += len(bad)
-                for path, reason in bad:
-                    if console and skipped - len(bad) < MAX_SKIP_WARNINGS:
-                        console.print(f"[yellow]warning:[/yellow] skipped unreadable image {path}: {reason}", highlight=False)
-                x = prepare_batch(images, config, position.step, dist.rank, device, channels_last)
-                labels = labels.to(device, non_blocking=True)
-                loss, cos = train_step(model, optimizer, scheduler, x, labels, autocast)
-                position.advance(sampler.batches_per_epoch)
-                loss_sum += loss * len(labels)
-                correct += (cos.argmax(1) == labels).sum()
-                seen += len(labels)
+    def _announce(self) -> None:
+        config, manifest = self.config, self.manifest
+        self.console.print(
+            f"{config.model} + {config.head} on {self.device} x{self.dist.world_size}: {len(self.dataset)} images "
+            f"({manifest.masked} masked), {manifest.num_classes} classes, {self.sampler.batches_per_epoch} "
+            f"batches/epoch, {'resuming at' if self.resumed else 'starting at'} step {self.position.step} "
+            f"of {config.max_steps}", highlight=False)
+
+    def _note_skipped(self, bad: list) -> None:
+        for path, reason in bad:
+            if self.console and self.skipped < MAX_SKIP_WARNINGS:
+                self.console.print(f"[yellow]warning:[/yellow] skipped unreadable image {path}: {reason}", highlight=False)
+            self.skipped += 1
+
+    def _record(self, meter: Meter) -> dict:
+        record = {"step": self.position.step, "epoch": self.position.epoch, **meter.take(),
+                  "lambda": _lambda(self.head), "lr": self.scheduler.get_last_lr()[0], "skipped": self.skipped}
+        record["img_per_s"] *= self.dist.world_size
+        return record
+
+    def batches(self):
+        """(images, labels, skipped) from the saved position on, epoch after epoch."""
+        while True:
+            self.sampler.set_position(self.position.epoch, self.position.batch)
+            yield from self.loader
+
+    def run(self) -> TrainResult:
+        config, position = self.config, self.position
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        log = RunLog(self.out_dir, config, self.console, fresh=not self.resumed) if self.dist.main else None
+        if self.console:
+            self._announce()
+        progress, task = make_progress(self.console, config.max_steps, position.step) if self.console else (None, None)
+        autocast, meter, last = autocast_for(self.device, config.bf16), Meter(self.device), {}
+        self.model.train()
+        with progress or nullcontext():
+            for images, labels, bad in self.batches() if position.step < config.max_steps else ():
+                self._note_skipped(bad)
+                x = prepare_batch(images, config, position.step, self.dist.rank, self.device, self.channels_last)
+                labels = labels.to(self.device, non_blocking=True)
+                meter.add(*train_step(self.model, self.optimizer, self.scheduler, x, labels, autocast), labels)
+                position.advance(self.sampler.batches_per_epoch)
+                done = position.step >= config.max_steps
                 if progress:
                     progress.update(task, completed=position.step)
-                if position.step % config.log_every == 0 or position.step == config.max_steps:
-                    elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-                    last = {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1)}
-                    record = {"step": position.step, "epoch": position.epoch, **last, "lambda": _lambda(head),
-                              "lr": scheduler.get_last_lr()[0], "img_per_s": seen * dist.world_size / elapsed,
-                              "skipped": skipped}
+                if position.step % config.log_every == 0 or done:
+                    last = self._record(meter)
                     if log:
-                        log.write(record)
+                        log.write(last)
                     if progress:
                         progress.update(task, metrics=f"loss {last['loss']:.3f} acc {last['acc']:.2f} "
-                                                      f"λ {record['lambda']:.1f} {record['img_per_s']:.0f} img/s")
-                    loss_sum.zero_(), correct.zero_()
-                    seen = 0
-                if position.step % config.save_every == 0 or position.step == config.max_steps:
-                    checkpoint_now()
-                if position.step >= config.max_steps:
+                                                      f"λ {last['lambda']:.1f} {last['img_per_s']:.0f} img/s")
+                if position.step % config.save_every == 0 or done:
+                    self.save()
+                if done:
                     break
-    if not ckpt_path.exists():  # max_steps already reached before this call
-        checkpoint_now()
-    if log:
-        log.close()
-    if skipped and console:
-        console.print(f"[yellow]{skipped} unreadable image(s) skipped in total (this process)[/yellow]")
-    return TrainResult(position.step, last["loss"], last["acc"], skipped, ckpt_path)
+        if not self.ckpt_path.exists():  # max_steps was reached before this call
+            self.save()
+        return self._finish(log, last)
+
+    def _finish(self, log, last: dict) -> TrainResult:
+        if log:
+            log.close()
+        if self.skipped and self.console:
+            self.console.print(f"[yellow]{self.skipped} unreadable image(s) skipped in total (this process)[/yellow]")
+        if self.dist.world_size > 1:
+            torch.distributed.destroy_process_group()
+        return TrainResult(self.position.step, last.get("loss", float("nan")), last.get("acc", float("nan")),
+                           self.skipped, self.ckpt_path)
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None) -> TrainResult:
+    """Train until config.max_steps; `console` (rich) gets progress and log lines, None = quiet."""
+    return Trainer(config, resume, overwrite, console).run()
