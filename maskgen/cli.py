@@ -14,6 +14,7 @@ from rich.table import Table
 from maskgen import cli_options as opt
 from maskgen.pipeline import commands
 from maskgen.evaluation import commands as evaluation_commands
+from maskgen.recognition import commands as recognition_commands
 from maskgen.video import commands as video_commands
 
 app = typer.Typer(
@@ -251,6 +252,9 @@ app.command("generate")(commands.generate)
 app.command("inspect")(commands.inspect)
 app.command("run")(commands.run)
 app.command("video")(video_commands.video)
+app.command("train")(recognition_commands.train)
+app.command("export")(recognition_commands.export)
+app.command("bench-train")(recognition_commands.bench_train)
 app.command("evaluate")(evaluation_commands.evaluate)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -138,6 +138,9 @@ def test_commands_train_refuse_to_clobber_resume_export_and_bench(faces, tmp_pat
     assert clobber.exit_code == 2 and "--resume" in clobber.output
     assert runner.invoke(app, [*args[:-1], "max_steps=3", "--resume"]).exit_code == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    loud = [arg for arg in args if arg != "--quiet"]
+    again = runner.invoke(app, [*loud[:-1], "max_steps=3", "--resume"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
     bad = runner.invoke(app, ["train", "--set", "nonsense=1"])
     assert bad.exit_code == 2 and "nonsense" in bad.output
 
@@ -155,3 +158,18 @@ def test_the_cli_and_command_module_do_not_import_torch():
     code = ("import sys, maskgen.recognition.commands, maskgen.recognition; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_two_processes_under_torchrun_train_one_model(faces, tmp_path):
+    """DDP on the CPU (gloo): each rank takes half of every batch; rank 0 logs and saves."""
+    script = tmp_path / "train_entry.py"
+    script.write_text("import typer\nfrom maskgen.recognition.commands import train\ntyper.run(train)\n")
+    out = tmp_path / "ddp"
+    sets = [f"manifest={subset(faces, tmp_path / 'm.parquet', 16)}", "samples=false", "model=sphereface4",
+            "batch_size=8", "num_workers=0", "max_steps=2", "log_every=1", f"out_dir={out}", "tensorboard=false"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+               "--quiet", *(arg for value in sets for arg in ("--set", value))]
+    subprocess.run(command, check=True, timeout=120, capture_output=True)
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["step"] == 2 and checkpoint["world_size"] == 2
+    assert [r["step"] for r in log_records(out)] == [1, 2]

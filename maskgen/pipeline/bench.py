@@ -97,13 +97,13 @@ def _plain_part(args) -> tuple[float, float]:
     cv2.setNumThreads(1)
     job = ImageJob(config)
     ready.wait()  # all processes built their job: time the image work only
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     for rel in rels:
         job.process(tree / rel, rel, out / "images")
-    return start, time.time()
+    return start, time.time(), time.process_time() - cpu
 
 
-def plain_processes(tree: Path, out: Path, config, processes: int = 2) -> float:
+def plain_processes(tree: Path, out: Path, config, processes: int = 2) -> tuple[float, float]:
     """N independent plain loops, no Ray: what this machine gives N processes of this work."""
     import multiprocessing as mp
 
@@ -116,7 +116,7 @@ def plain_processes(tree: Path, out: Path, config, processes: int = 2) -> float:
         ready = manager.Barrier(processes)
         parts = [(tree, out, config, rels[i * size:(i + 1) * size], ready) for i in range(processes)]
         spans = pool.map(_plain_part, parts)
-    return max(e for _, e in spans) - min(s for s, _ in spans)
+    return max(e for _, e, _ in spans) - min(s for s, _, _ in spans), sum(c for _, _, c in spans)
 
 
 SHARD_SIZE = 200  # ~2 s of work per shard here: small enough that the last shards end together
@@ -130,10 +130,12 @@ def ray_run(tree: Path, out: Path, config, workers: int) -> dict:
     assert summary.complete and summary.statuses.get("ok", 0) == summary.inputs, summary.statuses
     worker_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in (out / "stats").glob("*.json"))
     return {"total_s": time.perf_counter() - start, "processing_s": summary.processing_s, "images": summary.inputs,
+            "steady_s": summary.processing_s - summary.workers_start_s,
             "worker_cpu_s": worker_cpu, "driver_cpu_s": time.process_time() - cpu}
 
 
 def _busy_note() -> str:
+    """The 1-minute load average (it counts this benchmark's own processes too)."""
     load = os.getloadavg()[0]
     return f"load {load:.1f} on {os.cpu_count()} CPUs" + (" (busy machine: figures are noisy)" if load > 0.5 else "")
 
@@ -154,7 +156,8 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
     best = {"plain": float("inf"), "plain2": float("inf"), 1: float("inf"), 2: float("inf")}
     calls = {1: float("inf"), 2: float("inf")}
-    cpu = {"plain": float("inf"), 1: float("inf"), 2: float("inf")}  # CPU s per image: contention-proof
+    cpu = {"plain": float("inf"), "plain2": float("inf"), 1: float("inf"), 2: float("inf")}  # CPU s per image
+    steady = {1: float("inf"), 2: float("inf")}  # processing without the workers' start (model loading)
     driver_cpu = {1: float("inf"), 2: float("inf")}
     try:
         tree = make_tree(work / "tree", n_images)
@@ -163,23 +166,27 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         ray_start_s = time.perf_counter() - t
         for r in range(rounds):
+            note = _busy_note()
             plain_s, plain_cpu, n = plain_loop(tree, work / "plain", config)
             best["plain"] = min(best["plain"], plain_s)
             cpu["plain"] = min(cpu["plain"], plain_cpu / n)
-            print(f"round {r + 1}: plain loop   {n / plain_s:6.1f} images/s ({plain_s:.1f} s; {_busy_note()})", flush=True)
-            plain2_s = plain_processes(tree, work / "plain2", config, 2)
+            print(f"round {r + 1}: plain loop   {n / plain_s:6.1f} images/s ({plain_s:.1f} s; before it: {note})", flush=True)
+            plain2_s, plain2_cpu = plain_processes(tree, work / "plain2", config, 2)
             best["plain2"] = min(best["plain2"], plain2_s)
-            print(f"round {r + 1}: plain x2     {n / plain2_s:6.1f} images/s ({plain2_s:.1f} s, 2 processes without Ray; "
-                  f"{_busy_note()})", flush=True)
+            cpu["plain2"] = min(cpu["plain2"], plain2_cpu / n)
+            print(f"round {r + 1}: plain x2     {n / plain2_s:6.1f} images/s ({plain2_s:.1f} s, 2 processes without Ray)",
+                  flush=True)
             for workers in (1, 2):
                 run = ray_run(tree, work / f"ray{workers}", config, workers)
                 shutil.rmtree(work / f"ray{workers}")
                 best[workers] = min(best[workers], run["processing_s"])
                 calls[workers] = min(calls[workers], run["total_s"])
+                steady[workers] = min(steady[workers], run["steady_s"])
                 cpu[workers] = min(cpu[workers], run["worker_cpu_s"] / n)
                 driver_cpu[workers] = min(driver_cpu[workers], run["driver_cpu_s"])
                 print(f"round {r + 1}: ray {workers} worker{'s' if workers > 1 else ' '} {n / run['processing_s']:6.1f} "
-                      f"images/s ({run['processing_s']:.1f} s; whole call {run['total_s']:.1f} s; {_busy_note()})", flush=True)
+                      f"images/s ({run['processing_s']:.1f} s, of which {run['processing_s'] - run['steady_s']:.1f} s "
+                      f"workers' start; whole call {run['total_s']:.1f} s)", flush=True)
         ray.shutdown()
     finally:
         if not keep:
@@ -197,6 +204,8 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
         "plain2_images_per_s": round(plain2_rate, 1),
         "machine_scaling_2_processes": round(plain2_rate / (2 * plain_rate), 3),
         "ray2_vs_2_plain_processes": round(rate2 / plain2_rate, 3),
+        "steady_overhead_1_worker": round(1 - (n / steady[1]) / plain_rate, 3),
+        "steady_efficiency_2_workers": round(steady[1] / (2 * steady[2]), 3),
         "cpu_ms_per_image": {str(k): round(v * 1e3, 2) for k, v in cpu.items()},
         "driver_cpu_s": {str(k): round(v, 2) for k, v in driver_cpu.items()},
     }
@@ -208,9 +217,12 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
           f"{result['efficiency_2_workers_vs_plain']:.1%} of 2x the plain loop")
     print(f"  of which the machine: 2 plain processes without Ray reach {result['machine_scaling_2_processes']:.1%} "
           f"of 2x one; Ray 2 workers reach {result['ray2_vs_2_plain_processes']:.1%} of those 2 plain processes")
-    print(f"CPU per image: plain {cpu['plain'] * 1e3:.2f} ms, in Ray workers {cpu[1] * 1e3:.2f} ms (1 worker), "
-          f"{cpu[2] * 1e3:.2f} ms (2 workers); the driver used {driver_cpu[1]:.1f} / {driver_cpu[2]:.1f} s of CPU")
-    print(f"(Ray itself started in {ray_start_s:.1f} s, once, not counted above; {_busy_note()})")
+    print(f"without the workers' start (model loading, ~1 s once per worker): overhead at 1 worker "
+          f"{result['steady_overhead_1_worker']:.1%}, efficiency at 2 workers {result['steady_efficiency_2_workers']:.1%}")
+    print(f"CPU per image: plain {cpu['plain'] * 1e3:.2f} ms (x2 processes: {cpu['plain2'] * 1e3:.2f} ms), in Ray "
+          f"workers {cpu[1] * 1e3:.2f} ms (1 worker), {cpu[2] * 1e3:.2f} ms (2 workers); the driver used "
+          f"{driver_cpu[1]:.1f} / {driver_cpu[2]:.1f} s of CPU")
+    print(f"(Ray itself started in {ray_start_s:.1f} s, once, not counted above)")
     return result
 
 

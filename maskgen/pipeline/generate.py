@@ -52,8 +52,9 @@ class GenerateSummary:
     retries: int = 0
     images_this_run: int = 0
     elapsed_s: float = 0.0  # the whole call: planning, Ray start, processing
-    ray_start_s: float = 0.0  # starting/joining Ray and the workers' first readiness is in processing_s
-    processing_s: float = 0.0  # from the first shard submitted to the last one done
+    ray_start_s: float = 0.0  # starting or joining Ray
+    processing_s: float = 0.0  # from creating the workers (their model loading included) to the last shard done
+    workers_start_s: float = 0.0  # part of processing_s until the workers had their models loaded
     images_per_s: float = 0.0  # images_this_run / processing_s
     workers: int = 0
     skipped_hidden: int = 0
@@ -235,6 +236,7 @@ def _process(request, plan: Plan, layout: OutputLayout, todo: list[int], summary
             on_tick=lambda images, failed: reporter.update(done_images + images, done_failed + failed),
         )
         summary.processing_s = round(time.perf_counter() - processing, 2)
+        summary.workers_start_s = round(outcome.workers_ready_s, 2)
         summary.failed_shards = {i: outcome.failed[i] for i in sorted(outcome.failed)}
         ray.kill(board)
     finally:

@@ -21,8 +21,8 @@ from maskgen.pipeline.layout import OutputLayout
 from maskgen.pipeline.plan import Plan
 from maskgen.pipeline.shards import process_shard
 
-PROGRESS_EVERY_S = 0.5  # how often a worker reports images done within a shard
-TICK_S = 0.25  # the driver's progress refresh
+PROGRESS_EVERY_S = 1.0  # how often a worker reports images done within a shard
+TICK_S = 0.5  # the driver's progress refresh (a board read) and ray.wait timeout
 
 
 class RunnerError(RuntimeError):
@@ -30,31 +30,34 @@ class RunnerError(RuntimeError):
 
 
 def connect(address: str | None, workers: int | None) -> tuple[int, bool]:
-    """Join the cluster at `address`, or start Ray on this machine; return (workers, started_here).
+    """Join the cluster at `address`, or start Ray on this machine (unless Ray is already up
+    in this process); return (workers, started_here).
 
     Workers are capped at the cluster's CPUs: an actor that cannot be placed would wait forever.
     """
-    started_here = False
-    if not ray.is_initialized():
-        quiet = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
-        if address:
-            _check_reachable(address)
-        try:
-            if address:
-                ray.init(address=address, **quiet)
-            else:
-                # "local" ignores any cluster left running on this machine: no address means local
-                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **quiet)
-        except Exception as exc:  # ConnectionError, RuntimeError, ValueError... all mean the same here
-            where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
-            hint = ""
-            if "auth" in str(exc).lower() or "token" in str(exc).lower():
-                hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, "
-                        "or copy ~/.ray/auth_token from the head node)")
-            raise RunnerError(f"cannot {where}: {_short_error(exc)}{hint}") from exc
-        started_here = True
+    started_here = not ray.is_initialized()
+    if started_here:
+        _init_ray(address, workers)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return min(workers or cpus, cpus), started_here
+
+
+def _init_ray(address: str | None, workers: int | None) -> None:
+    quiet = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+    if address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:  # "local" ignores any cluster left running on this machine: no address means local
+            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **quiet)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError...: all mean "no Ray"
+        where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
+        hint = ""
+        if "auth" in str(exc).lower() or "token" in str(exc).lower():
+            hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, "
+                    "or copy ~/.ray/auth_token from the head node)")
+        raise RunnerError(f"cannot {where}: {_short_error(exc)}{hint}") from exc
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -164,6 +167,7 @@ class _Slot:
 @dataclass
 class RunOutcome:
     failed: dict[int, str] = field(default_factory=dict)  # shard -> last error, after all attempts
+    workers_ready_s: float = 0.0  # until every first worker had its ImageJob built (model loading)
 
 
 def run_shards(
@@ -185,8 +189,8 @@ def run_shards(
     queue = deque(shards)
     attempts: Counter = Counter()
     outcome = RunOutcome()
-    start_failures = 0
-    slots = [_Slot(make_worker()) for _ in range(min(workers, len(shards)))]
+    start_failures, started, waiting = 0, time.perf_counter(), min(workers, len(shards))
+    slots = [_Slot(make_worker()) for _ in range(waiting)]
     for slot in slots:
         slot.task = slot.actor.ready.remote()
     last_tick = 0.0
@@ -227,6 +231,9 @@ def run_shards(
                 else:
                     if slot.shard is not None:
                         on_done(slot.shard, result)
+                    elif waiting:
+                        waiting -= 1
+                        outcome.workers_ready_s = time.perf_counter() - started
                 assign(slot)
             now = time.monotonic()
             if now - last_tick >= TICK_S:

@@ -52,7 +52,7 @@ def process_entry(job, entry: dict, input_root: Path, images_root: Path, config:
             row["identity"] = entry["identity"]  # an input list's identity column wins over the folder name
     except Exception as exc:  # ImageJob should never raise; if it does, the input still gets its rows
         return fallback_rows(entry, config.get("variants", 1), config.get("keep_original", False), exc)
-    return sorted(rows, key=lambda r: (r.get("face_index") or 0, r.get("variant_index", 0)))
+    return sorted(rows, key=lambda r: (r.get("variant_index", 0), r.get("face_index") or 0))
 
 
 def write_manifest(rows: list[dict], path: Path) -> None:

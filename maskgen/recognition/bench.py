@@ -1,7 +1,13 @@
 """Training throughput (forward + backward + SGD step): in-memory batches vs the real manifest
 loader. The two run the same step (mirror, normalise, bf16/channels-last on CUDA, A-Softmax
 over CASIA-WebFace's 10,575 classes), interleaved in rounds so that a noisy machine hurts both
-alike; the loader keeps up when its images/s is within 10% of the in-memory figure."""
+alike; the loader keeps up when its images/s is within 10% of the in-memory figure.
+
+Measured (SphereFace-20): 2-core CPU, batch 32: ~18 images/s both ways (ratio 1.01).
+One H200 (torch 2.11, 16 CPU cores, 14 workers), batch 256, bf16 + channels-last:
+in-memory 19.9k images/s, loader 9.6k (eager); 30.4k vs 11.5k with --compile. The loader
+alone delivers 17.7k/s there, less while the trainer shares the cores: on that machine it is
+the bottleneck (still above the 6k/s aim); GPU JPEG decoding would be the next step."""
 
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ def tiled(manifest, at_least: int):
     return replace(manifest, paths=np.tile(manifest.paths, reps), labels=np.tile(manifest.labels, reps))
 
 
-def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 4, rounds: int = 2,
+def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 2, rounds: int = 3,
                 manifest: str | Path | None = None, workers: int | None = None, device: str = "auto",
                 compile: bool = False, console=None) -> dict:
     """Images/s of both modes; `steps` timed steps per mode per round, after one warm-up step each."""
@@ -108,8 +114,9 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_n
             sync()
             seconds[name] += time.perf_counter() - start
     images = batch_size * steps * rounds
+    cpu = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     result = {
-        "device": torch.cuda.get_device_name(device) if on_cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+        "device": torch.cuda.get_device_name(device) if on_cuda else cpu,
         "model": model_name, "batch_size": batch_size, "num_workers": workers,
         "bf16": on_cuda and config.bf16, "channels_last": channels_last, "compile": compile,
         "img_per_s": {name: images / s for name, s in seconds.items()},

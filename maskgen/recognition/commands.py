@@ -6,6 +6,7 @@ without the `recognition` extra.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,14 +35,16 @@ def train(
         "--config", "-c", help="Training config (TOML; every key commented in maskgen/recognition/configs/). "
         "Default: the CPU smoke config on the built-in sample faces.", show_default=False)] = None,
     overrides: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Override one config key, TOML syntax: --set max_steps=50 --set lr_steps='[30,40]'. Repeatable.",
+        "--set", metavar="KEY=VALUE", help="Override one config key, TOML syntax: --set max_steps=50 --set lr_steps='[30,40]'. "
+        "Repeatable.",
         show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the checkpoint in the config's out_dir exactly where it stopped "
         "(starts from scratch if there is none).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Start from scratch even though out_dir holds a checkpoint (it is replaced).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines (log.jsonl is still written).")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar or log lines (log.jsonl is still written).")] = False,
 ) -> None:
     """Train a SphereFace recogniser on a training manifest (`maskgen trainset`).
 
@@ -60,7 +63,12 @@ def train(
         result = run_training(settings, resume=resume, overwrite=overwrite, console=None if quiet else Console())
     except (ConfigError, ManifestError, TrainError) as exc:
         raise _fail(str(exc)) from None
-    if not quiet:
+    if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
+        return
+    if result.trained == 0:
+        Console().print(f"nothing to do: {result.checkpoint} is at step {result.step} = max_steps "
+                        "(raise it with --set max_steps=N to train on)", highlight=False)
+    else:
         Console().print(f"step {result.step}: loss {result.loss:.4f}, accuracy {result.acc:.3f}, "
                         f"{result.skipped} image(s) skipped; checkpoint: {result.checkpoint}", highlight=False)
 
@@ -87,8 +95,8 @@ def export(
 def bench_train(
     model: Annotated[str, typer.Option("--model", help="Network: sphereface4/10/20/36/64.")] = "sphereface20",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.")] = 32,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per input mode per round.")] = 3,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds of (in-memory, loader), interleaved against noise.")] = 2,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per input mode per round.")] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds of (in-memory, loader), interleaved against noise.")] = 3,
     manifest: Annotated[Optional[Path], typer.Option(
         "--manifest", help="Training manifest to load from. Default: the built-in sample faces (+ generated masks) "
         "written as 96x112 JPEGs to a temporary folder.", show_default=False)] = None,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgen.recognition.config import ConfigError, TrainConfig
+from maskgen.recognition.config import TrainConfig
 from maskgen.recognition.data import EpochSampler, ManifestDataset, make_loader, read_manifest
 from maskgen.recognition.heads import get_head
 from maskgen.recognition.nets import get_model
@@ -83,9 +83,10 @@ def init_distributed() -> Dist:
     if world_size == 1:
         return Dist()
     dist = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)  # before NCCL starts, so each rank talks from its own GPU
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend)
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist
 
 
@@ -236,6 +237,7 @@ class TrainResult:
     acc: float
     skipped: int
     checkpoint: Path
+    trained: int = 0  # steps run by this call (0: the checkpoint was already at max_steps)
 
 
 class Meter:
@@ -251,10 +253,15 @@ class Meter:
         self.correct += (cos.argmax(1) == labels).sum()
         self.seen += len(labels)
 
-    def take(self) -> dict:
-        """Mean loss, accuracy and images/s since the last take; then starts over."""
-        now, seen = time.perf_counter(), max(self.seen, 1)
-        out = {"loss": self.loss.item() / seen, "acc": self.correct.item() / seen, "img_per_s": self.seen / (now - self.tick)}
+    def take(self, world_size: int = 1) -> dict:
+        """Mean loss, accuracy and images/s since the last take, over all processes; then starts over."""
+        seen = torch.tensor(float(self.seen), device=self.loss.device)
+        totals = torch.stack([self.loss, self.correct.to(self.loss.dtype), seen])
+        if world_size > 1:
+            torch.distributed.all_reduce(totals)
+        loss, correct, seen = totals.tolist()
+        now = time.perf_counter()
+        out = {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1), "img_per_s": seen / (now - self.tick)}
         self.loss.zero_(), self.correct.zero_()
         self.seen, self.tick = 0, now
         return out
@@ -378,10 +385,8 @@ class Trainer:
             self.skipped += 1
 
     def _record(self, meter: Meter) -> dict:
-        record = {"step": self.position.step, "epoch": self.position.epoch, **meter.take(),
-                  "lambda": _lambda(self.head), "lr": self.scheduler.get_last_lr()[0], "skipped": self.skipped}
-        record["img_per_s"] *= self.dist.world_size
-        return record
+        return {"step": self.position.step, "epoch": self.position.epoch, **meter.take(self.dist.world_size),
+                "lambda": _lambda(self.head), "lr": self.scheduler.get_last_lr()[0], "skipped": self.skipped}
 
     def batches(self):
         """(images, labels, skipped) from the saved position on, epoch after epoch."""
@@ -391,6 +396,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         config, position = self.config, self.position
+        self.first_step = position.step
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -433,7 +439,7 @@ class Trainer:
         if self.dist.world_size > 1:
             torch.distributed.destroy_process_group()
         return TrainResult(self.position.step, last.get("loss", float("nan")), last.get("acc", float("nan")),
-                           self.skipped, self.ckpt_path)
+                           self.skipped, self.ckpt_path, self.position.step - self.first_step)
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None) -> TrainResult:
