@@ -1,10 +1,12 @@
-# maskgen: every target creates/updates the virtualenv in .venv first.
+# maskgen: every target creates/updates the virtualenv in .venv first (`make install`).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test
+# torch comes in the `recognition` extra, pinned to the CPU build that lies on this disk
+EXTRAS ?= test,recognition
+CONFIG ?= maskgen/recognition/configs/smoke.toml
 
-.PHONY: install demo test bench bench-video clean
+.PHONY: install demo test bench bench-pipeline bench-train bench-evaluate bench-video train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -14,19 +16,35 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
-## the main job on the built-in sample faces
+## the main job: generate masks for the built-in sample faces with local Ray
 demo: install
-	$(BIN)/maskgen mask assets/faces/aligned -o out/demo --aligned --type random --seed 0
-	$(BIN)/maskgen preview out/demo -o out/demo/preview.png
+	$(BIN)/maskgen run pipelines/demo.toml
 
 test: install
 	$(BIN)/python -m pytest -q
 
+## SphereFace on the sample faces (originals + generated masks), CPU, a few minutes
+train: install
+	$(BIN)/maskgen train --config $(CONFIG) --resume
+
+## masked-face verification reports on the sample faces: dlib reference + the `make train` model
+evaluate: install
+	$(BIN)/maskgen run pipelines/evaluate.toml
+
 bench: install
 	$(BIN)/maskgen bench
+
+bench-pipeline: install
+	$(BIN)/python -m maskgen.pipeline.bench speed
+
+bench-train: install
+	$(BIN)/maskgen bench-train
+
+bench-evaluate: install
+	$(BIN)/python -m maskgen.evaluation.bench
 
 bench-video: install
 	$(BIN)/python -m maskgen.video.bench
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out results .pytest_cache

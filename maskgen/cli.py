@@ -157,11 +157,64 @@ def preview(
 def bench(
     images: Annotated[int, typer.Option("--images", help="Images per measurement (the sample faces, repeated).")] = 550,
 ) -> None:
-    """Milliseconds per image per stage, and images/s on one core, for the sample faces at
-    their native 150x150 and as 112x96 SphereFace crops."""
+    """Milliseconds per image per stage on one core, for the sample faces (150x150 and 112x96).
+
+    Stages: decode, landmarks, fit + render, encode; then end to end through `maskgen mask`."""
     from maskgen.bench import run_bench
 
     run_bench(images, Console())
+
+
+@app.command()
+def align(
+    raw_tree: Annotated[Path, typer.Argument(help="Raw photos: <root>/<identity>/<image>.", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output: images/<identity>/<image> crops, manifest/, plan/, stats/.", show_default=False)],
+    template: Annotated[str, typer.Option("--template", help="sphereface (96x112, SphereFace/CosFace) or arcface (112x112, insightface).")] = "sphereface",
+    size: Annotated[Optional[str], typer.Option("--size", help="Crop size WxH (e.g. 192x224); the template scales with it. Default: the template's own.")] = None,
+    detector: opt.Detector = "hog",
+    upsample: opt.Upsample = None,
+    points: Annotated[int, typer.Option("--points", help="Alignment points from dlib's 68-point (default) or 5-point model (eyes from the 5-point fit).")] = 68,
+    select: Annotated[str, typer.Option("--select", help="Photos with several faces: largest, central, or all (one crop each, <stem>_f<k>).")] = "largest",
+    fallback: Annotated[bool, typer.Option("--fallback", help="Photos without a face: a centre crop, marked method=center_crop (default: a no_face row only).")] = False,
+    image_format: opt.ImageFormat = "jpg",
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality of the crops.")] = 95,
+    seed: opt.Seed = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Photos per shard: the unit of work, retry and resume.")] = 200,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start Ray on this machine.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
+    quiet: opt.Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object.")] = False,
+) -> None:
+    """Detect faces in raw photos and warp each onto a recogniser's template (resumable, Ray)."""
+    from maskgen.pipeline.align_job import SELECTIONS, AlignConfig
+    from maskgen.pipeline.generate import GenerateRequest
+
+    try:
+        crop = tuple(int(v) for v in size.lower().split("x")) if size else None
+        if crop is not None and (len(crop) != 2 or min(crop) < 16):
+            raise ValueError
+    except ValueError:
+        raise fail(f"--size: expected WIDTHxHEIGHT like 96x112, got {size!r}") from None
+    if select not in SELECTIONS:
+        raise fail(f"--select: choose from {', '.join(SELECTIONS)}")
+    if points not in (5, 68):
+        raise fail("--points: 5 or 68")
+    config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
+                         _format_name(image_format) or "JPEG", quality)
+    try:
+        from maskgen.faces.align import template_points
+        from maskgen.images import output_format
+
+        template_points(template)
+        output_format(config.image_format)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    request = GenerateRequest(
+        input_root=raw_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
+        address=address, overwrite=overwrite, job_class="maskgen.pipeline.align_job:AlignJob",
+    )
+    commands.run_generate_request(request, quiet=quiet, as_json=as_json)
 
 
 @app.command()

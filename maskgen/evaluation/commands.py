@@ -65,8 +65,9 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="Checkpoints only: auto (CUDA when torch sees one) | cpu | cuda | cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no tables; errors only.")] = False,
 ) -> None:
-    """Verification accuracy of a recogniser on masked/unmasked pairs, with the LFW protocol:
-    mean ± std over folds, ROC/AUC, EER, TAR@FAR, per pair type, mask type and wear."""
+    """Verification accuracy of a recogniser on masked/unmasked pairs (LFW protocol).
+
+    Mean ± std over folds, ROC/AUC, EER, TAR@FAR, per pair type, mask type and wear."""
     from maskgen.evaluation.embedders import EmbedderError, get_embedder
     from maskgen.evaluation.evaluate import EvaluationError, evaluate_pairs
     from maskgen.evaluation.report import print_report, write_report

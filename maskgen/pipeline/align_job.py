@@ -59,6 +59,8 @@ class AlignConfig:
 
 
 class AlignJob:
+    schema = ALIGN_SCHEMA  # the manifest a run of this job writes
+
     def __init__(self, config: AlignConfig):
         if config.select not in SELECTIONS:
             raise ValueError(f"--select: choose from {', '.join(SELECTIONS)}")

@@ -74,19 +74,6 @@ class NullJob:
 # -- speed -------------------------------------------------------------------------------
 
 
-def plain_loop(tree: Path, out: Path, config) -> tuple[float, int]:
-    """The mask engine on its own: one process, one ImageJob, every image in order."""
-    from maskgen.pipeline.inputs import walk_tree
-    from maskgen.pipeline.job import ImageJob
-
-    job = ImageJob(config)
-    entries = list(walk_tree(tree))
-    start, cpu = time.perf_counter(), time.process_time()
-    for e in entries:
-        job.process(tree / e.rel, e.rel, out / "images")
-    return time.perf_counter() - start, time.process_time() - cpu, len(entries)
-
-
 def _plain_part(args) -> tuple[float, float]:
     """One of N plain processes: its slice of the images, timed after its job is built."""
     tree, out, config, rels, ready = args
@@ -104,7 +91,8 @@ def _plain_part(args) -> tuple[float, float]:
 
 
 def plain_processes(tree: Path, out: Path, config, processes: int = 2) -> tuple[float, float]:
-    """N independent plain loops, no Ray: what this machine gives N processes of this work."""
+    """N independent plain loops over ImageJob, no Ray, each in a fresh process like a Ray
+    worker (N=1: the plain single-process loop; N=2: what this machine gives 2 processes)."""
     import multiprocessing as mp
 
     from maskgen.pipeline.inputs import walk_tree
@@ -119,7 +107,7 @@ def plain_processes(tree: Path, out: Path, config, processes: int = 2) -> tuple[
     return max(e for _, e, _ in spans) - min(s for s, _, _ in spans), sum(c for _, _, c in spans)
 
 
-SHARD_SIZE = 200  # ~2 s of work per shard here: small enough that the last shards end together
+SHARD_SIZE = 100  # ~0.5 s of work per shard here: the last shards of the workers end close together
 
 
 def ray_run(tree: Path, out: Path, config, workers: int) -> dict:
@@ -140,89 +128,81 @@ def _busy_note() -> str:
     return f"load {load:.1f} on {os.cpu_count()} CPUs" + (" (busy machine: figures are noisy)" if load > 0.5 else "")
 
 
+def _ratios(plain: float, plain2: float, ray1: float, ray2: float) -> dict:
+    """The headline ratios from four rates (images/s)."""
+    return {
+        "overhead_1_worker": 1 - ray1 / plain,  # target <= 15%
+        "efficiency_2_workers": ray2 / (2 * ray1),  # target >= 85%
+        "efficiency_2_workers_vs_plain": ray2 / (2 * plain),
+        "machine_scaling_2_processes": plain2 / (2 * plain),  # the same, without Ray: the machine's own limit
+    }
+
+
 def speed(n_images: int, rounds: int, keep: bool) -> dict:
-    """Each round times the plain loop, then Ray with 1 and 2 workers, on the same images;
-    the best time of each over the rounds counts (other load on the machine only slows)."""
+    """Each round times, on the same images: the plain loop (1 process, then 2 without Ray),
+    then Ray with 1 and 2 workers. The ratios are taken per round (a round's runs share the
+    machine's load of the moment) and their median is the result; the best rates are shown too."""
     import logging
+    import statistics
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for each 1-CPU worker
-    import cv2
     import ray
 
     from maskgen.pipeline.generate import build_job_config
 
-    cv2.setNumThreads(1)  # as in each Ray worker: one CPU per process
     config = build_job_config()
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
-    best = {"plain": float("inf"), "plain2": float("inf"), 1: float("inf"), 2: float("inf")}
-    calls = {1: float("inf"), 2: float("inf")}
-    cpu = {"plain": float("inf"), "plain2": float("inf"), 1: float("inf"), 2: float("inf")}  # CPU s per image
-    steady = {1: float("inf"), 2: float("inf")}  # processing without the workers' start (model loading)
-    driver_cpu = {1: float("inf"), 2: float("inf")}
+    n, runs = n_images, []
     try:
-        tree = make_tree(work / "tree", n_images)
-        print(f"{n_images} images, {rounds} rounds; before: {_busy_note()}", flush=True)
+        tree = make_tree(work / "tree", n)
+        print(f"{n} images, {rounds} rounds; {_busy_note()}", flush=True)
         t = time.perf_counter()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         ray_start_s = time.perf_counter() - t
         for r in range(rounds):
-            note = _busy_note()
-            plain_s, plain_cpu, n = plain_loop(tree, work / "plain", config)
-            best["plain"] = min(best["plain"], plain_s)
-            cpu["plain"] = min(cpu["plain"], plain_cpu / n)
-            print(f"round {r + 1}: plain loop   {n / plain_s:6.1f} images/s ({plain_s:.1f} s; before it: {note})", flush=True)
-            plain2_s, plain2_cpu = plain_processes(tree, work / "plain2", config, 2)
-            best["plain2"] = min(best["plain2"], plain2_s)
-            cpu["plain2"] = min(cpu["plain2"], plain2_cpu / n)
-            print(f"round {r + 1}: plain x2     {n / plain2_s:6.1f} images/s ({plain2_s:.1f} s, 2 processes without Ray)",
-                  flush=True)
-            for workers in (1, 2):
-                run = ray_run(tree, work / f"ray{workers}", config, workers)
-                shutil.rmtree(work / f"ray{workers}")
-                best[workers] = min(best[workers], run["processing_s"])
-                calls[workers] = min(calls[workers], run["total_s"])
-                steady[workers] = min(steady[workers], run["steady_s"])
-                cpu[workers] = min(cpu[workers], run["worker_cpu_s"] / n)
-                driver_cpu[workers] = min(driver_cpu[workers], run["driver_cpu_s"])
-                print(f"round {r + 1}: ray {workers} worker{'s' if workers > 1 else ' '} {n / run['processing_s']:6.1f} "
-                      f"images/s ({run['processing_s']:.1f} s, of which {run['processing_s'] - run['steady_s']:.1f} s "
-                      f"workers' start; whole call {run['total_s']:.1f} s)", flush=True)
+            plain_s, plain_cpu = plain_processes(tree, work / "plain", config, 1)
+            plain2_s, _ = plain_processes(tree, work / "plain2", config, 2)
+            ray1, ray2 = (ray_run(tree, work / f"ray{w}-{r}", config, w) for w in (1, 2))
+            rates = {"plain": n / plain_s, "plain2": n / plain2_s,
+                     "ray1": n / ray1["processing_s"], "ray2": n / ray2["processing_s"]}
+            runs.append(rates | {"ray1_steady": n / ray1["steady_s"], "ray2_steady": n / ray2["steady_s"],
+                                 "plain_cpu_ms": plain_cpu / n * 1e3, "ray1_cpu_ms": ray1["worker_cpu_s"] / n * 1e3,
+                                 "driver_cpu_s": ray2["driver_cpu_s"]})
+            ratio = _ratios(rates["plain"], rates["plain2"], rates["ray1"], rates["ray2"])
+            print(f"round {r + 1}: images/s plain {rates['plain']:.1f}, plain x2 {rates['plain2']:.1f}, ray 1 worker "
+                  f"{rates['ray1']:.1f}, ray 2 workers {rates['ray2']:.1f} -> overhead {ratio['overhead_1_worker']:.1%}, "
+                  f"efficiency {ratio['efficiency_2_workers']:.1%} (machine alone {ratio['machine_scaling_2_processes']:.1%}; "
+                  f"workers' start {ray1['processing_s'] - ray1['steady_s']:.1f} / {ray2['processing_s'] - ray2['steady_s']:.1f} s; "
+                  f"{_busy_note()})", flush=True)
+            for w in (1, 2):
+                shutil.rmtree(work / f"ray{w}-{r}")
         ray.shutdown()
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    plain_rate, rate1, rate2 = n / best["plain"], n / best[1], n / best[2]
-    plain2_rate = n / best["plain2"]
+    per_round = [_ratios(x["plain"], x["plain2"], x["ray1"], x["ray2"]) for x in runs]
+    steady = [_ratios(x["plain"], x["plain2"], x["ray1_steady"], x["ray2_steady"]) for x in runs]
+    median = {k: round(statistics.median(r[k] for r in per_round), 3) for k in per_round[0]}
+    best = {k: round(max(x[k] for x in runs), 1) for k in ("plain", "plain2", "ray1", "ray2")}
     result = {
         "images": n, "rounds": rounds, "cpus": os.cpu_count(), "ray_start_s": round(ray_start_s, 2),
-        "plain_images_per_s": round(plain_rate, 1),
-        "ray1_images_per_s": round(rate1, 1), "ray2_images_per_s": round(rate2, 1),
-        "overhead_1_worker": round(1 - rate1 / plain_rate, 3),
-        "overhead_1_worker_whole_call": round(1 - (n / calls[1]) / plain_rate, 3),
-        "efficiency_2_workers": round(rate2 / (2 * rate1), 3),
-        "efficiency_2_workers_vs_plain": round(rate2 / (2 * plain_rate), 3),
-        "plain2_images_per_s": round(plain2_rate, 1),
-        "machine_scaling_2_processes": round(plain2_rate / (2 * plain_rate), 3),
-        "ray2_vs_2_plain_processes": round(rate2 / plain2_rate, 3),
-        "steady_overhead_1_worker": round(1 - (n / steady[1]) / plain_rate, 3),
-        "steady_efficiency_2_workers": round(steady[1] / (2 * steady[2]), 3),
-        "cpu_ms_per_image": {str(k): round(v * 1e3, 2) for k, v in cpu.items()},
-        "driver_cpu_s": {str(k): round(v, 2) for k, v in driver_cpu.items()},
+        "median_of_rounds": median,
+        "median_without_workers_start": {k: round(statistics.median(r[k] for r in steady), 3) for k in steady[0]},
+        "best_images_per_s": best,
+        "best_ratios": {k: round(v, 3) for k, v in _ratios(best["plain"], best["plain2"], best["ray1"], best["ray2"]).items()},
+        "median_cpu_ms_per_image": {k: round(statistics.median(x[k] for x in runs), 2) for k in ("plain_cpu_ms", "ray1_cpu_ms")},
+        "median_driver_cpu_s": round(statistics.median(x["driver_cpu_s"] for x in runs), 2),
     }
-    print(f"best of {rounds}: plain {plain_rate:.1f}, plain x2 {plain2_rate:.1f}, ray 1 worker {rate1:.1f}, "
-          f"ray 2 workers {rate2:.1f} images/s")
-    print(f"Ray overhead at 1 worker:       {result['overhead_1_worker']:.1%} (target <= 15%; "
-          f"{result['overhead_1_worker_whole_call']:.1%} counting planning and the worker's start)")
-    print(f"parallel efficiency, 2 workers: {result['efficiency_2_workers']:.1%} of 2x one worker (target >= 85%); "
-          f"{result['efficiency_2_workers_vs_plain']:.1%} of 2x the plain loop")
-    print(f"  of which the machine: 2 plain processes without Ray reach {result['machine_scaling_2_processes']:.1%} "
-          f"of 2x one; Ray 2 workers reach {result['ray2_vs_2_plain_processes']:.1%} of those 2 plain processes")
-    print(f"without the workers' start (model loading, ~1 s once per worker): overhead at 1 worker "
-          f"{result['steady_overhead_1_worker']:.1%}, efficiency at 2 workers {result['steady_efficiency_2_workers']:.1%}")
-    print(f"CPU per image: plain {cpu['plain'] * 1e3:.2f} ms (x2 processes: {cpu['plain2'] * 1e3:.2f} ms), in Ray "
-          f"workers {cpu[1] * 1e3:.2f} ms (1 worker), {cpu[2] * 1e3:.2f} ms (2 workers); the driver used "
-          f"{driver_cpu[1]:.1f} / {driver_cpu[2]:.1f} s of CPU")
-    print(f"(Ray itself started in {ray_start_s:.1f} s, once, not counted above)")
+    ms = result["median_without_workers_start"]
+    print(f"Ray overhead at 1 worker (median of rounds):       {median['overhead_1_worker']:.1%}  (target <= 15%)")
+    print(f"parallel efficiency at 2 workers (median of rounds): {median['efficiency_2_workers']:.1%}  (target >= 85%); "
+          f"2 plain processes without Ray: {median['machine_scaling_2_processes']:.1%}")
+    print(f"the same without the workers' start (~1 s model loading, once per worker): overhead "
+          f"{ms['overhead_1_worker']:.1%}, efficiency {ms['efficiency_2_workers']:.1%}")
+    print(f"best rates: {best}; ratios of the best: {result['best_ratios']}")
+    print(f"CPU per image (median): plain {result['median_cpu_ms_per_image']['plain_cpu_ms']} ms, Ray worker "
+          f"{result['median_cpu_ms_per_image']['ray1_cpu_ms']} ms; driver CPU for a 2-worker run "
+          f"{result['median_driver_cpu_s']} s; Ray started in {ray_start_s:.1f} s (once, not counted)")
     return result
 
 
@@ -292,7 +272,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     sp = sub.add_parser("speed", help="images/s: plain loop vs Ray with 1 and 2 workers")
     sp.add_argument("--images", type=int, default=5500)
-    sp.add_argument("--rounds", type=int, default=2)
+    sp.add_argument("--rounds", type=int, default=3, help="paired rounds; the median of their ratios counts")
     sm = sub.add_parser("memory", help="driver peak RSS planning (and running) a big symlink tree")
     sm.add_argument("--files", type=int, default=200_000)
     sm.add_argument("--no-process", action="store_true", help="plan only")

@@ -124,7 +124,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each stage's summary as JSON (one object per line).")] = False,
 ) -> None:
-    """Run every stage of a pipeline file (`[generate]` today; later stages add sections)."""
+    """Run every stage of a pipeline file: align, generate, trainset, pairs, train, evaluate."""
     from maskgen.pipeline.jobs import PipelineError, load_pipeline, run_pipeline
 
     try:

@@ -125,7 +125,13 @@ class GenerateStage:
             print_report(inspect_output(request.out_dir), console, short=True)
 
 
-STAGES = {"generate": GenerateStage}
+def _stages() -> dict:
+    from maskgen.pipeline.stages import STAGES as COMMAND_STAGES
+
+    return {"generate": GenerateStage, **COMMAND_STAGES}
+
+
+STAGES = _stages()
 
 
 def run_pipeline(stages: list[Stage], *, address=None, overwrite=False, quiet=False, as_json=False) -> None:

@@ -14,10 +14,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.pipeline.layout import OutputLayout, temp_sibling, write_bytes_atomic
-from maskgen.pipeline.manifest import to_table
+from maskgen.pipeline.manifest import SCHEMA
 from maskgen.pipeline.plan import Plan, read_inputs_slice
 
 EXAMPLES_PER_SHARD = 5  # failure examples kept in a shard's stats (the manifest has them all)
@@ -55,10 +56,10 @@ def process_entry(job, entry: dict, input_root: Path, images_root: Path, config:
     return sorted(rows, key=lambda r: (r.get("variant_index", 0), r.get("face_index") or 0))
 
 
-def write_manifest(rows: list[dict], path: Path) -> None:
+def write_manifest(rows: list[dict], path: Path, schema: pa.Schema = SCHEMA) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
-    pq.write_table(to_table(rows), tmp)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     os.replace(tmp, path)
 
 
@@ -90,7 +91,7 @@ def process_shard(
                     examples.append({k: row.get(k) for k in ("src_path", "variant", "status", "error")})
         if on_progress:
             on_progress(done, failed_rows)
-    write_manifest(rows, layout.manifest_path(index, plan.n_shards))
+    write_manifest(rows, layout.manifest_path(index, plan.n_shards), getattr(job, "schema", SCHEMA))
     stats = {
         "shard": index,
         "inputs": len(entries),

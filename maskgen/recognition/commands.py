@@ -79,8 +79,9 @@ def export(
         "--out", "-o", help="Where to write the exported embedder (.pt2). Default: embedder.pt2 beside the checkpoint.",
         show_default=False)] = None,
 ) -> None:
-    """Export the embedding network for inference (torch.export .pt2; load with
-    torch.export.load(path).module()). Input: RGB float 0..255, N x 3 x 112 x 96; output: N x 512."""
+    """Export the embedding network for inference (torch.export .pt2).
+
+    Load with torch.export.load(path).module(). Input: RGB float 0..255, N x 3 x 112 x 96; output: N x 512."""
     _require_torch()
     from maskgen.recognition.export import export_embedder
     from maskgen.recognition.train import TrainError
@@ -106,8 +107,9 @@ def bench_train(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (CUDA).")] = False,
 ) -> None:
-    """Training images/s (forward + backward + SGD step) with in-memory batches and with the
-    real manifest loader; the loader keeps up when it is within 10%. bf16 + channels-last on CUDA."""
+    """Training images/s for SphereFace-20, in-memory batches vs the real manifest loader.
+
+    Forward + backward + SGD step; the loader keeps up when it is within 10%. bf16 + channels-last on CUDA."""
     _require_torch()
     from maskgen.recognition.bench import bench_train as run_bench
     from maskgen.recognition.config import ConfigError
