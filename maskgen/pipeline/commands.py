@@ -91,7 +91,7 @@ def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_js
         Console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
-        print(json.dumps(summary.to_dict(), indent=1))
+        print(json.dumps(summary.to_dict()))  # one line: `maskgen run --json` prints one per stage
     elif not quiet:
         print_summary(summary, Console())
     if summary.exit_code:
