@@ -32,29 +32,6 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
-def job_config(**kw):
-    """A JobConfig from command-line values; ValueError (bad spec) -> one-line error."""
-    from maskgen.masks.options import MaskOptions
-    from maskgen.pipeline.job import JobConfig
-
-    mask_keys = ("type", "color", "pattern", "wear", "wear_jitter", "texture_weight")
-    try:
-        mask = MaskOptions.parse(**{k: kw.pop(k) for k in mask_keys})
-        config = JobConfig(mask=mask.to_dict(), **kw)
-        from maskgen.faces.landmarks import DETECTORS
-        from maskgen.faces.layouts import face_box
-        from maskgen.images import output_format
-
-        face_box(112, 112, config.layout)
-        if config.detector not in DETECTORS:
-            raise ValueError(f"--detector: unknown detector {config.detector!r} (choose from {', '.join(DETECTORS)})")
-        if config.image_format:
-            output_format(config.image_format.upper().replace("JPG", "JPEG"))
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    return config
-
-
 @app.command()
 def mask(
     paths: Annotated[list[Path], typer.Argument(help="Images and/or folders (walked recursively).", show_default=False)],
@@ -81,13 +58,17 @@ def mask(
     Writes OUT/<dir>/<stem>.<ext> (masked) and OUT/<dir>/<stem>_mask.png (occlusion, 255 =
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
+    from maskgen.pipeline.generate import build_job_config
     from maskgen.pipeline.local import find_images, mask_images
 
-    config = job_config(
-        aligned=aligned, layout=layout, detector=detector, upsample=upsample, type=mask_type, color=color,
-        pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight, variants=variants,
-        keep_original=keep_original, seed=seed, image_format=_format_name(image_format), quality=quality,
-    )
+    try:
+        config = build_job_config(
+            aligned=aligned, layout=layout, detector=detector, upsample=upsample, mask_type=mask_type, color=color,
+            pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight, variants=variants,
+            keep_original=keep_original, seed=seed, image_format=image_format, quality=quality,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         found = find_images(paths, exclude=out)
     except FileNotFoundError as exc:
@@ -114,10 +95,6 @@ def mask(
             raise fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:
         _print_summary(rows, found, out)
-
-
-def _format_name(value: str | None) -> str | None:
-    return None if value in (None, "same") else value.upper().replace("JPG", "JPEG")
 
 
 def _print_summary(rows: list[dict], found, out: Path) -> None:
@@ -200,8 +177,13 @@ def align(
         raise fail(f"--select: choose from {', '.join(SELECTIONS)}")
     if points not in (5, 68):
         raise fail("--points: 5 or 68")
-    config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
-                         _format_name(image_format) or "JPEG", quality)
+    from maskgen.pipeline.generate import format_name
+
+    try:
+        config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
+                             format_name(image_format) or "JPEG", quality)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         from maskgen.faces.align import template_points
         from maskgen.images import output_format
@@ -309,6 +291,11 @@ app.command("train")(recognition_commands.train)
 app.command("export")(recognition_commands.export)
 app.command("bench-train")(recognition_commands.bench_train)
 app.command("evaluate")(evaluation_commands.evaluate)
+
+# --help lists the commands in the order of the workflow.
+_ORDER = ["mask", "preview", "generate", "inspect", "run", "align", "trainset", "pairs", "train", "evaluate",
+          "export", "video", "bench", "bench-train"]
+app.registered_commands.sort(key=lambda c: _ORDER.index(c.name or c.callback.__name__.replace("_", "-")))
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -45,13 +45,6 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def remove_stale_temps(folder: Path) -> None:
     """Temp files left by a killed run (no run of this OUT_DIR is active while planning)."""
     if folder.is_dir():

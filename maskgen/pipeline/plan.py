@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.pipeline.inputs import Entry, InputError
-from maskgen.pipeline.layout import OutputLayout, remove_stale_temps, temp_sibling, write_bytes_atomic
+from maskgen.images import write_atomic
+from maskgen.pipeline.layout import OutputLayout, remove_stale_temps, temp_sibling
 from maskgen.pipeline.manifest import SCHEMA_VERSION
 
 PLAN_FORMAT = 1
@@ -250,7 +251,7 @@ def prepare_plan(
         if outcome == "replaced":
             clear_outputs(layout, keep=tmp)
         tmp.replace(layout.inputs_file)
-        write_bytes_atomic(layout.plan_file, candidate.to_json().encode())
+        write_atomic(layout.plan_file, candidate.to_json().encode())
         return candidate, outcome
     finally:
         tmp.unlink(missing_ok=True)

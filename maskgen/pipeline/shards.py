@@ -6,6 +6,7 @@ Runs inside a Ray actor, but nothing here knows about Ray.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -17,7 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maskgen.pipeline.layout import OutputLayout, temp_sibling, write_bytes_atomic
+from maskgen.images import write_atomic
+from maskgen.pipeline.layout import OutputLayout
 from maskgen.pipeline.manifest import SCHEMA
 from maskgen.pipeline.plan import Plan, read_inputs_slice
 
@@ -57,10 +59,9 @@ def process_entry(job, entry: dict, input_root: Path, images_root: Path, config:
 
 
 def write_manifest(rows: list[dict], path: Path, schema: pa.Schema = SCHEMA) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def process_shard(
@@ -105,7 +106,7 @@ def process_shard(
         "config_hash": plan.config_hash,
         "fingerprint": plan.fingerprint,
     }
-    write_bytes_atomic(layout.stats_path(index, plan.n_shards), json.dumps(stats, indent=1).encode())
+    write_atomic(layout.stats_path(index, plan.n_shards), json.dumps(stats, indent=1).encode())
     return stats
 
 

@@ -207,4 +207,13 @@ def make_loader(dataset: ManifestDataset, sampler: EpochSampler, workers: int, p
         generator=torch.Generator().manual_seed(sampler.seed),
         collate_fn=_as_is, worker_init_fn=_init_worker, pin_memory=pin_memory, drop_last=True,
         persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
+        # Workers start from a clean forkserver, not a fork of this process: forking a process
+        # whose OpenMP or Ray threads are running can deadlock the child.
+        multiprocessing_context=_worker_context() if workers > 0 else None,
     )
+
+
+def _worker_context() -> str | None:
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
