@@ -34,7 +34,7 @@ def test_generate_joins_a_running_cluster(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="mgray-")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}",  # (no Ray Client port: that needs ray[client])
          "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
