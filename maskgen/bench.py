@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
