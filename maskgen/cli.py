@@ -69,9 +69,11 @@ def mask(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
+    from maskgen.pipeline.inputs import InputError
+
     try:
         found = find_images(paths, exclude=out)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InputError) as exc:
         raise fail(str(exc)) from None
     if not found.images:
         raise fail(f"no images found in {', '.join(map(str, paths))}")

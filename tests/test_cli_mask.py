@@ -105,6 +105,15 @@ def test_user_mistakes_get_one_line_errors(tmp_path):
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_a_file_name_that_is_not_utf8_is_refused_before_any_work(small_tree, tmp_path):
+    src = next(small_tree.rglob("*.jpg"))
+    odd = src.parent / "caf\udce9.jpg"  # the byte 0xE9 alone: not UTF-8, as os gives it
+    shutil.copy(src, odd)
+    result = invoke("mask", small_tree, "-o", tmp_path / "out", "--aligned")
+    assert result.exit_code == 2 and "not valid UTF-8" in result.output and "caf\\xe9.jpg" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_preview_contact_sheet(small_tree, tmp_path):
     out = tmp_path / "out"
     assert invoke("mask", small_tree, "-o", out, "--aligned").exit_code == 0

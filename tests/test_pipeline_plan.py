@@ -173,3 +173,11 @@ def test_stale_temp_files_are_removed(tmp_path):
     (tmp_path / "images" / "John_Simm" / ".x.jpg.123-4-5.tmp").write_bytes(b"")
     assert remove_stale_temps_tree(tmp_path / "images") == 1
     assert len(list((tmp_path / "images").rglob("*"))) == N_FACES + 5
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_while_planning(tmp_path):
+    (tmp_path / "id1").mkdir()
+    (tmp_path / "id1" / "ok.jpg").write_bytes(b"x")
+    (tmp_path / "id1" / "caf\udce9.jpg").write_bytes(b"x")  # the byte 0xE9 alone, as os gives it
+    with pytest.raises(InputError, match=r"not valid UTF-8: 'id1/caf\\xe9.jpg'"):
+        list(walk_tree(tmp_path))

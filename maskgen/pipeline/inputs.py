@@ -86,7 +86,19 @@ def walk_tree(root: Path, report: WalkReport | None = None) -> Iterator[Entry]:
                     f"{identity_dir.name!r}; expected <root>/<identity>/<image> (flatten it, or pass --input-list)"
                 )
             size, mtime_ns = _stat(f)
-            yield Entry(identity_dir.name, f"{identity_dir.name}/{f.name}", size, mtime_ns)
+            yield Entry(identity_dir.name, text_path(f"{identity_dir.name}/{f.name}"), size, mtime_ns)
+
+
+def text_path(rel: str) -> str:
+    """`rel` if it is valid text; else InputError. A file name that is not UTF-8 (os gives it
+    as surrogates) cannot be written into a Parquet manifest, so it is refused up front,
+    before any work is done, rather than crashing a batch half-way."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"file name is not valid UTF-8: '{shown}'; rename it (e.g. with convmv)") from None
+    return rel
 
 
 def safe_relative(path: str, root: Path) -> str:

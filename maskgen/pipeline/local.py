@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
+from maskgen.pipeline.inputs import text_path
 from maskgen.pipeline.job import ImageJob, JobConfig
 from maskgen.pipeline.manifest import to_table
 
@@ -34,7 +35,8 @@ class FoundImages:
 
 def find_images(paths: list[Path], exclude: Path | None = None) -> FoundImages:
     """Files and folders (walked recursively, sorted) -> images relative to their common root.
-    A named file is always taken; in folders, files without an image suffix are counted."""
+    A named file is always taken; in folders, files without an image suffix are counted.
+    FileNotFoundError for a missing path, InputError for a file name that is not UTF-8."""
     paths = [Path(p).resolve() for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -46,7 +48,7 @@ def find_images(paths: list[Path], exclude: Path | None = None) -> FoundImages:
         files = [path] if path.is_file() else _walk(path, exclude)
         for file in files:
             if file == path or file.suffix.lower() in IMAGE_EXTENSIONS:
-                found.images.append((file, file.relative_to(root).as_posix()))
+                found.images.append((file, text_path(file.relative_to(root).as_posix())))
             else:
                 found.skipped[file.suffix.lower() or "(none)"] += 1
     found.images = sorted(set(found.images), key=lambda item: item[1])
