@@ -10,8 +10,7 @@ SCHEMA_VERSION = "1"
 STATUSES = (
     "ok",
     "decode_error",  # unreadable, empty, truncated, not an image, too large
-    "no_face",  # wild mode: the detector found no face
-    "landmark_error",  # the predictor failed or gave an implausible shape
+    "no_face",  # wild mode: the detector found no face; aligned mode: a blank crop
     "render_error",  # fitting/rendering the mask failed
     "write_error",  # the output could not be written
 )
