@@ -18,7 +18,7 @@ from maskgen.faces.align import align_face, five_points, template_points
 from maskgen.faces.landmarks import Face, Landmarker
 from maskgen.faces.models import model_path
 from maskgen.images import ImageError, decode_image, encode_image, output_format, write_atomic
-from maskgen.pipeline.job import check_relative
+from maskgen.pipeline.job import OneByOne, check_relative
 from maskgen.pipeline.manifest import SCHEMA_VERSION
 
 SELECTIONS = ("largest", "central", "all")
@@ -58,7 +58,7 @@ class AlignConfig:
     quality: int = 95
 
 
-class AlignJob:
+class AlignJob(OneByOne):
     schema = ALIGN_SCHEMA  # the manifest a run of this job writes
 
     def __init__(self, config: AlignConfig):

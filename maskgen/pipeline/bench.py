@@ -70,6 +70,9 @@ class NullJob:
             for k in range(self.config.variants)
         ]
 
+    def process_batch(self, inputs, out_root):
+        return [self.process(src, rel, out_root) for src, rel, _ in inputs]
+
 
 # -- speed -------------------------------------------------------------------------------
 

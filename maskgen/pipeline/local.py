@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
 from maskgen.pipeline.inputs import text_path
-from maskgen.pipeline.job import ImageJob, JobConfig
+from maskgen.pipeline.job import BATCH_SIZE, ImageJob, JobConfig
 from maskgen.pipeline.manifest import to_table
 
 IMAGE_EXTENSIONS = frozenset(
@@ -71,11 +71,12 @@ def mask_images(
     """Mask every found image into out_dir; write the manifest last; return the rows."""
     job = ImageJob(config)
     rows: list[dict] = []
-    for path, rel in found.images:
-        image_rows = job.process(path, rel, out_dir)
-        rows += image_rows
-        if on_image:
-            on_image(image_rows)
+    for start in range(0, len(found.images), BATCH_SIZE):
+        batch = [(path, rel, None) for path, rel in found.images[start : start + BATCH_SIZE]]
+        for image_rows in job.process_batch(batch, out_dir):
+            rows += image_rows
+            if on_image:
+                on_image(image_rows)
     write_manifest(rows, out_dir / MANIFEST_NAME, found.root, config)
     return rows
 

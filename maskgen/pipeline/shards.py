@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
+from maskgen.pipeline.job import BATCH_SIZE
 from maskgen.pipeline.layout import OutputLayout
 from maskgen.pipeline.manifest import SCHEMA
 from maskgen.pipeline.plan import Plan, read_inputs_slice
@@ -46,16 +47,26 @@ def fallback_rows(entry: dict, n_masked: int, keep_original: bool, error: BaseEx
     ]
 
 
-def process_entry(job, entry: dict, input_root: Path, images_root: Path, config: dict, pass_landmarks: bool) -> list[dict]:
-    src = Path(input_root) / entry["rel"]
-    kwargs = {"landmarks": entry["landmarks"]} if pass_landmarks and entry.get("landmarks") is not None else {}
+def process_entries(job, entries: list[dict], input_root: Path, images_root: Path, config: dict, pass_landmarks: bool) -> list[list[dict]]:
+    """Each entry's rows, in entry order. The job runs them as one batch; should that raise
+    (a bug, not a bad image), each entry is retried alone so only the culprit gets fallback rows."""
+    inputs = [
+        (Path(input_root) / e["rel"], e["rel"], e.get("landmarks") if pass_landmarks else None) for e in entries
+    ]
     try:
-        rows = job.process(src, entry["rel"], images_root, **kwargs)
+        results = job.process_batch(inputs, images_root)
+    except Exception:
+        results = []
+        for entry, one in zip(entries, inputs):
+            try:
+                results += job.process_batch([one], images_root)
+            except Exception as exc:  # the input still gets its rows
+                results.append(fallback_rows(entry, config.get("variants", 1), config.get("keep_original", False), exc))
+    for entry, rows in zip(entries, results):
         for row in rows:
             row["identity"] = entry["identity"]  # an input list's identity column wins over the folder name
-    except Exception as exc:  # ImageJob should never raise; if it does, the input still gets its rows
-        return fallback_rows(entry, config.get("variants", 1), config.get("keep_original", False), exc)
-    return sorted(rows, key=lambda r: (r.get("variant_index", 0), r.get("face_index") or 0))
+        rows.sort(key=lambda r: (r.get("variant_index", 0), r.get("face_index") or 0))
+    return results
 
 
 def write_manifest(rows: list[dict], path: Path, schema: pa.Schema = SCHEMA) -> None:
@@ -81,17 +92,20 @@ def process_shard(
     statuses: Counter = Counter()
     examples: list[dict] = []
     failed_rows = 0
-    for done, entry in enumerate(entries, 1):
-        entry_rows = process_entry(job, entry, input_root, layout.images, plan.config, pass_landmarks)
-        rows.extend(entry_rows)
-        for row in entry_rows:
-            statuses[row["status"]] += 1
-            if row["status"] != "ok":
-                failed_rows += 1
-                if len(examples) < EXAMPLES_PER_SHARD:
-                    examples.append({k: row.get(k) for k in ("src_path", "variant", "status", "error")})
-        if on_progress:
-            on_progress(done, failed_rows)
+    done = 0
+    for start in range(0, len(entries), BATCH_SIZE):
+        batch = entries[start : start + BATCH_SIZE]
+        for entry_rows in process_entries(job, batch, input_root, layout.images, plan.config, pass_landmarks):
+            rows.extend(entry_rows)
+            for row in entry_rows:
+                statuses[row["status"]] += 1
+                if row["status"] != "ok":
+                    failed_rows += 1
+                    if len(examples) < EXAMPLES_PER_SHARD:
+                        examples.append({k: row.get(k) for k in ("src_path", "variant", "status", "error")})
+            done += 1
+            if on_progress:
+                on_progress(done, failed_rows)
     write_manifest(rows, layout.manifest_path(index, plan.n_shards), getattr(job, "schema", SCHEMA))
     stats = {
         "shard": index,
