@@ -374,23 +374,34 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and os.replace.
 
     The final name holds either the old content or all of `data`, never a partial file;
-    the temp file is removed on any error. No fsync: atomic against crashes of this
-    process, not against power loss.
+    the temp file is removed on any error. Missing folders are made. No fsync: atomic
+    against crashes of this process, not against power loss. (Plain os calls: this runs
+    twice per image, and pathlib and file objects cost more than the system calls.)
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    unique = f"{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}"
-    tmp = path.with_name(f".{path.name}.{unique}.tmp")
-    # O_EXCL: never clobber another writer's temp; 0o666 & umask, unlike mkstemp's 0o600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp")
     try:
-        with open(fd, "wb") as f:
-            f.write(data)
+        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+    except FileNotFoundError:
+        os.makedirs(folder or ".", exist_ok=True)
+        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# O_EXCL: never clobber another writer's temp; mode 0o666 & umask, unlike mkstemp's 0o600
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 def _describe(e: BaseException) -> str:

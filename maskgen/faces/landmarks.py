@@ -31,7 +31,7 @@ def _points(shape: dlib.full_object_detection) -> np.ndarray:
     return xy.reshape(68, 2)
 
 
-def _gray(bgr: np.ndarray) -> np.ndarray:
+def to_gray(bgr: np.ndarray) -> np.ndarray:
     # The predictor reads intensities only; grey input is ~10% faster than colour.
     return bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
 
@@ -76,15 +76,15 @@ class Landmarker:
         self._hog = self._cnn = None
 
     def aligned(self, bgr: np.ndarray) -> Face:
-        """Landmarks of an aligned crop: the face box is known from the crop's layout."""
+        """Landmarks of an aligned crop (BGR or grey): the face box is known from the crop's layout."""
         h, w = bgr.shape[:2]
         box = face_box(w, h, self.layout)
-        shape = self.predictor(_gray(bgr), dlib.rectangle(*box))
+        shape = self.predictor(to_gray(bgr), dlib.rectangle(*box))
         return Face(box, float("inf"), _points(shape))
 
     def detect(self, bgr: np.ndarray) -> list[Face]:
         """Every face in a photo, largest first."""
-        gray = _gray(bgr)
+        gray = to_gray(bgr)
         found = self._detect_cnn(bgr) if self.detector_name == "cnn" else self._detect_hog(gray)
         found.sort(key=lambda d: -(d[0][2] - d[0][0]) * (d[0][3] - d[0][1]))
         return [Face(box, score, _points(self.predictor(gray, dlib.rectangle(*box)))) for box, score in found]

@@ -10,6 +10,7 @@ All on the mask's bounding box only: a 150x150 chip costs well under half a mill
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cache
 
@@ -37,8 +38,10 @@ class Rendered:
     coverage: float  # fraction of the landmarks' bounding box that is covered
 
 
-def _tps_kernel(d2: np.ndarray) -> np.ndarray:
-    return d2 * np.log(np.maximum(d2, 1e-12))
+def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """r^2 log r^2 between every point of a and of b (squared distances by one matmul)."""
+    d2 = np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 1e-12)
+    return d2 * np.log(d2)
 
 
 def _thin_plate(src: np.ndarray, dst: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -46,18 +49,17 @@ def _thin_plate(src: np.ndarray, dst: np.ndarray, query: np.ndarray) -> np.ndarr
     39x39 solve is ~10x faster here than scipy's RBFInterpolator or skimage's TPS.)"""
     n = len(src)
     a = np.zeros((n + 3, n + 3))
-    a[:n, :n] = _tps_kernel(((src[:, None] - src[None]) ** 2).sum(-1)) + 1e-6 * np.eye(n)
+    a[:n, :n] = _tps_kernel(src, src)
+    a[:n, :n].flat[:: n + 1] += 1e-6
     a[:n, n] = a[n, :n] = 1
     a[:n, n + 1 :] = src
     a[n + 1 :, :n] = src.T
     b = np.zeros((n + 3, 2))
     b[:n] = dst
-    try:
-        w = np.linalg.solve(a, b)
-    except np.linalg.LinAlgError as err:
-        raise RenderError("landmarks are degenerate: cannot fit the mask") from err
-    d2 = (query[:, None, 0] - src[None, :, 0]) ** 2 + (query[:, None, 1] - src[None, :, 1]) ** 2
-    return _tps_kernel(d2) @ w[:n] + w[n] + query @ w[n + 1 :]
+    ok, w = cv2.solve(a, b, flags=cv2.DECOMP_LU)
+    if not ok or not np.isfinite(w).all():
+        raise RenderError("landmarks are degenerate: cannot fit the mask")
+    return _tps_kernel(query, src) @ w[:n] + w[n] + query @ w[n + 1 :]
 
 
 def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,11 +77,13 @@ def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[
 
 
 def _inside_grid(grid: np.ndarray, x0: int, y0: int, w: int, h: int, margin: int) -> np.ndarray:
-    """1 inside the anchor grid's outline (grown by `margin`), 0 outside."""
+    """255 inside the anchor grid's outline (grown by `margin`), 0 outside."""
     outline = np.concatenate([grid[0], grid[1:, -1], grid[-1, -2::-1], grid[-2:0:-1, 0]]) - (x0, y0)
+    polygon = [np.round(outline * 16).astype(np.int32)]  # 4 fractional bits
     inside = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(inside, [np.round(outline * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
-    return cv2.dilate(inside, np.ones((2 * margin + 1,) * 2, np.uint8))
+    cv2.fillPoly(inside, polygon, 255, cv2.LINE_8, shift=4)
+    cv2.polylines(inside, polygon, True, 255, 2 * margin + 1, cv2.LINE_8, shift=4)  # grown: a thick rim
+    return inside
 
 
 @cache
@@ -87,13 +91,15 @@ def _noise_tile() -> np.ndarray:
     return np.random.default_rng(12345).standard_normal((512, 512)).astype(np.float32)
 
 
+_LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
 def _noise_sigma(gray: np.ndarray) -> float:
     """Immerkaer's fast noise estimate (1996): the image's own sensor/compression noise."""
-    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     h, w = gray.shape
     if h < 3 or w < 3:
         return 0.0
-    response = np.abs(cv2.filter2D(gray, cv2.CV_32F, kernel)[1:-1, 1:-1]).sum()
+    response = cv2.norm(cv2.filter2D(gray, cv2.CV_16S, _LAPLACE)[1:-1, 1:-1], cv2.NORM_L1)
     return float(min(6.0, np.sqrt(np.pi / 2) * response / (6 * (w - 2) * (h - 2))))
 
 
@@ -107,23 +113,24 @@ def _second_color(color: np.ndarray) -> np.ndarray:
 
 
 def _straps(fam_straps: str, grid: np.ndarray, points: np.ndarray, color: np.ndarray):
-    """Polylines (and their colour) from the mask's sides towards the ears."""
-    jaw = points[:17].astype(np.float64)
-    face_w = np.linalg.norm(jaw[16] - jaw[0])
-    nose = points[30]
+    """Polylines (and their colour) from the mask's sides towards the ears. (A few 2-D
+    points: plain floats beat numpy here.)"""
+    (lx, ly), (rx, ry), (nx, ny) = points[0].tolist(), points[16].tolist(), points[30].tolist()
+    face_w = math.hypot(rx - lx, ry - ly)
     lines = []
-    for col, ear in ((0, jaw[0]), (-1, jaw[16])):
-        side_width = abs(nose[0] - ear[0]) / (face_w + 1e-6)
-        if side_width < 0.25:  # that side of the head faces away: its strap is hidden
+    for col, (ex, ey) in ((0, (lx, ly)), (-1, (rx, ry))):
+        if abs(nx - ex) < 0.25 * face_w:  # that side of the head faces away: its strap is hidden
             continue
-        away = (ear - nose) / (np.linalg.norm(ear - nose) + 1e-6)
+        length = math.hypot(ex - nx, ey - ny) + 1e-6
+        ax, ay = (ex - nx) / length, (ey - ny) / length  # away from the nose, towards the ear
+        (tx, ty), (bx, by) = grid[0, col].tolist(), grid[-2, col].tolist()
         if fam_straps == "ear_loops":
-            target = ear + away * 0.06 * face_w
-            lines.append(np.array([grid[0, col], target, grid[-2, col]]))
+            lines.append([(tx, ty), (ex + ax * 0.06 * face_w, ey + ay * 0.06 * face_w), (bx, by)])
         else:  # head straps: run back over the cheeks, above and below the ear
-            lines.append(np.array([grid[0, col], grid[0, col] + away * 0.45 * face_w]))
-            lines.append(np.array([grid[-2, col], grid[-2, col] + away * 0.45 * face_w]))
-    strap_color = color * 0.85 if fam_straps == "head_straps" else np.clip(color * 1.1 + 0.05, 0, 1)
+            reach = 0.45 * face_w
+            lines.append([(tx, ty), (tx + ax * reach, ty + ay * reach)])
+            lines.append([(bx, by), (bx + ax * reach, by + ay * reach)])
+    strap_color = color * 0.85 if fam_straps == "head_straps" else np.minimum(color * 1.1 + 0.05, 1)
     thickness = max(1, round(face_w / 70))
     return lines, strap_color, thickness
 
@@ -139,18 +146,19 @@ def _mask_box(grid: np.ndarray, shape, margin: int) -> tuple[int, int, int, int]
     return x0, y0, x1, y1
 
 
-def _shading(gray: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, float]:
-    """The face's own low-frequency illumination under the mask, relative to its mean there,
-    times an exposure factor (a mask in a dark photo is dark too). Worked out at 1/8 size."""
-    h, w = alpha.shape
-    size = (max(2, w // 8), max(2, h // 8))
-    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+def _shading(gray: np.ndarray, under: np.ndarray) -> tuple[np.ndarray, float]:
+    """The face's own low-frequency illumination, relative to its mean where `under` is set
+    (the mask), times an exposure factor (a mask in a dark photo is dark too). Worked out at
+    1/8 size, on whole 8x8 cells (cv2's fast path); the last partial cells copy their neighbour."""
+    h, w = gray.shape
+    h8, w8 = h - h % 8 or h, w - w % 8 or w
+    small = cv2.resize(gray[:h8, :w8], (max(1, w8 // 8), max(1, h8 // 8)), interpolation=cv2.INTER_AREA)
     light = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0)
-    weight = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
-    mean_light = float((light * weight).sum() / (weight.sum() + 1e-6))
-    exposure = float(np.clip(mean_light / 150.0, 0.45, 1.1))
-    shade = np.power(np.clip(light / (mean_light + 1e-6), 0.2, 3.0), 0.75) * exposure
-    return cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR), exposure
+    mean_light = cv2.mean(gray, under)[0]
+    exposure = min(max(mean_light / 150.0, 0.45), 1.1)
+    shade = np.power(np.clip(light * np.float32(1 / (mean_light + 1e-6)), 0.2, 3.0), 0.75) * np.float32(exposure)
+    shade = cv2.resize(shade, (w8, h8), interpolation=cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(shade, 0, h - h8, 0, w - w8, cv2.BORDER_REPLICATE), exposure
 
 
 def _noise(seed: int, h: int, w: int) -> np.ndarray:
@@ -173,59 +181,66 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     """`bgr` with the mask `spec` fitted to the face whose 68 landmarks are `points`."""
     fam = family(spec.mask_type)
     grid = anchor_grid(points, fam.fit, spec.wear_shift)
-    face_w = float(np.linalg.norm(points[16] - points[0]))
+    face_w = float(np.hypot(*(points[16] - points[0])))
     margin = 3 + int(0.04 * face_w)
     x0, y0, x1, y1 = _mask_box(grid, bgr.shape, margin)
     w, h = x1 - x0, y1 - y0
-
-    # Warp: template and pattern into the box (pattern shifted by a random phase).
-    maps, fractions = _template_maps(grid, x0, y0, w, h)
-    tpl = cv2.remap(template(spec.mask_type), maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    oy, ox = _seeded_offsets(spec.seed, TEMPLATE_H, TEMPLATE_W, salt=0)
-    pat = np.ascontiguousarray(pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W])
-    pat = cv2.remap(pat, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    inside = _inside_grid(grid, x0, y0, w, h, margin)  # the spline may fold back far outside it
-    alpha = np.multiply(tpl[..., 0], inside, dtype=np.float32) * np.float32(1 / 255)
-    relief = tpl[..., 1].astype(np.float32) * np.float32(1 / RELIEF_SCALE)
-
-    # Colour: albedo (colour, pattern, accent parts) x relief x the face's illumination.
-    # (Per channel, then cv2.merge: numpy broadcasting over a last axis of 3 is ~10x slower.)
     roi = bgr[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
-    shade, exposure = _shading(gray, alpha)
-    light = relief * shade * np.float32(255)
-    mix = light * (pat.astype(np.float32) * np.float32(spec.texture_weight / 255))
-    color = _rgb01(spec.color)
-    channels = [light * c + mix * d for c, d in zip(color, _second_color(color) - color)]
-    accent_color = next((_rgb01(f["color"]) for f in fam.relief if "color" in f), None)
-    if accent_color is not None:
-        accent = tpl[..., 2].astype(np.float32) * np.float32(1 / 255)
-        channels = [ch + accent * (light * a - ch) for ch, a in zip(channels, accent_color)]
 
-    # Camera match: slight blur, the image's own noise level, feathered edge, contact shadow.
-    layer = cv2.GaussianBlur(cv2.merge(channels), (0, 0), 0.6)
+    # Warp the template into the box; the spline may fold back far outside the grid: cut there.
+    maps, fractions = _template_maps(grid, x0, y0, w, h)
+    tpl_alpha, tpl_relief, tpl_accent = cv2.split(
+        cv2.remap(template(spec.mask_type), maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    )
+    inside = _inside_grid(grid, x0, y0, w, h, margin)
+    alpha = cv2.multiply(tpl_alpha, inside, dtype=cv2.CV_32F, scale=1 / 255**2)
+
+    # Albedo x relief x the face's own illumination, as a few grey layers, each with the
+    # colour it carries: light (the mask's colour), the pattern (the second colour minus
+    # it), accent parts (their own colour). cv2.transform mixes them into BGR in one pass.
+    shade, exposure = _shading(gray, tpl_alpha)
+    light = cv2.multiply(tpl_relief, shade, dtype=cv2.CV_32F, scale=255 / RELIEF_SCALE)
+    color = _rgb01(spec.color)
+    layers, colors = [light], [color]
+    if spec.pattern != "plain" and spec.texture_weight > 0:
+        oy, ox = _seeded_offsets(spec.seed, TEMPLATE_H, TEMPLATE_W, salt=0)
+        pat = np.ascontiguousarray(pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W])
+        pat = cv2.remap(pat, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        layers.append(cv2.multiply(light, pat, dtype=cv2.CV_32F, scale=spec.texture_weight / 255))
+        colors.append(_second_color(color) - color)
+    accent_color = next((_rgb01(f["color"]) for f in fam.relief if "color" in f), None)
+    if accent_color is not None:  # accent parts replace the fabric's colour
+        accent = tpl_accent.astype(np.float32) * np.float32(1 / 255)
+        layers = [layer - layer * accent for layer in layers] + [light * accent]
+        colors.append(accent_color)
+
+    # Camera match: slight blur, the image's own noise (not blurred), feathered edge.
+    layers = [cv2.GaussianBlur(layer, (0, 0), 0.6) for layer in layers]
     sigma = _noise_sigma(gray)
     if sigma > 0.3:
-        layer += cv2.merge([_noise(spec.seed, h, w) * np.float32(sigma)] * 3)
+        layers.append(_noise(spec.seed, h, w) * np.float32(sigma))
+        colors.append(np.ones(3, np.float32))
     feather = max(0.6, 0.008 * face_w)
     alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
-    shadow = cv2.GaussianBlur(alpha, (0, 0), 3 * feather) - alpha
-    skin_weight = (1 - alpha) * (1 - 0.45 * np.clip(shadow, 0, 1))
-    blended = roi.astype(np.float32) * cv2.merge([skin_weight] * 3) + layer * cv2.merge([alpha] * 3)
+    layer = cv2.transform(cv2.merge([cv2.multiply(lay, alpha) for lay in layers]), np.stack(colors, 1))
 
+    # Skin around the mask gets a faint contact shadow; then skin x (1 - alpha) + mask.
+    shadow = cv2.GaussianBlur(alpha, (0, 0), 3 * feather) - alpha
+    skin = (1 - alpha) * (1 - 0.45 * np.clip(shadow, 0, 1))
     out = bgr.copy()
-    out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    out[y0:y1, x0:x1] = cv2.add(cv2.multiply(roi, cv2.merge([skin] * 3), dtype=cv2.CV_32F), layer, dtype=cv2.CV_8U)
     occlusion = np.zeros(bgr.shape[:2], np.uint8)
-    occlusion[y0:y1, x0:x1] = (alpha > 0.5) * np.uint8(255)
+    occlusion[y0:y1, x0:x1] = cv2.compare(alpha, 0.5, cv2.CMP_GT)
     _draw_straps(out, occlusion, fam.straps, grid, points, color * exposure)
     return Rendered(out, occlusion, _coverage(occlusion, points))
 
 
 def _draw_straps(out, occlusion, kind: str, grid, points, color) -> None:
     lines, strap_color, thickness = _straps(kind, grid, points, color)
-    strap_bgr = tuple(float(c) for c in np.clip(strap_color * 255, 0, 255))
+    strap_bgr = [min(255.0, max(0.0, c * 255)) for c in strap_color.tolist()]
     for line in lines:
-        pts = np.round(line * 16).astype(np.int32)  # 4 fractional bits: sub-pixel lines
+        pts = np.round(np.array(line) * 16).astype(np.int32)  # 4 fractional bits: sub-pixel lines
         cv2.polylines(out, [pts], False, strap_bgr, thickness, cv2.LINE_AA, shift=4)
         cv2.polylines(occlusion, [pts], False, 255, thickness, cv2.LINE_8, shift=4)
 

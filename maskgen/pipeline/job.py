@@ -5,14 +5,16 @@ Ray actor; `process` / `process_batch` never raise for a bad input: every failur
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import cv2
 import numpy as np
 
-from maskgen.faces.landmarks import Face, Landmarker
+from maskgen.faces.landmarks import Face, Landmarker, to_gray
 from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, output_format, write_atomic
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
@@ -165,9 +167,10 @@ class ImageJob:
         if self.config.aligned:
             # Aligned mode trusts that a crop is a face (running a detector would cost more
             # than the whole job); a blank crop is the one case cheap to catch.
-            if float(bgr.std()) < 2.0:
+            gray = to_gray(bgr)
+            if cv2.meanStdDev(gray)[1][0, 0] < 2.0:
                 return []
-            return [self.landmarker.aligned(bgr)]
+            return [self.landmarker.aligned(gray)]
         return self.landmarker.detect(bgr)
 
     def _variant(self, base, bgr, faces, k, out_rel, fmt, quality) -> list[dict]:
@@ -182,13 +185,14 @@ class ImageJob:
                 occlusion = rendered.occlusion if occlusion is None else np.maximum(occlusion, rendered.occlusion)
                 specs.append(spec)
                 coverages.append(rendered.coverage)
-            payload = {out_rel: encode_image(image, fmt, quality), occlusion_name(out_rel): encode_mask(occlusion)}
+            mask_rel = occlusion_name(out_rel)
+            payload = {out_rel: encode_image(image, fmt, quality), mask_rel: encode_mask(occlusion)}
         except (RenderError, ValueError) as err:
             return [self._row(base, f, k, None, "render_error", err, i) for i, f in enumerate(faces)]
         rows = []
         for i, (face, spec, coverage) in enumerate(zip(faces, specs, coverages)):
             row = self._row(base, face, k, spec, "ok", "", i)
-            row.update(out_path=out_rel, mask_path=occlusion_name(out_rel), coverage=coverage)
+            row.update(out_path=out_rel, mask_path=mask_rel, coverage=coverage)
             rows.append(row)
         rows[0]["_payload"] = payload
         return rows
@@ -209,7 +213,7 @@ class ImageJob:
                 continue
             try:
                 for rel, data in payload.items():
-                    write_atomic(out_root / rel, data)
+                    write_atomic(os.path.join(out_root, rel), data)
             except OSError as err:
                 for r in rows:
                     if r.get("out_path") == row["out_path"]:
@@ -233,7 +237,7 @@ class ImageJob:
             "wear_shift": spec.wear_shift if spec else None,
             "seed": spec.seed if spec else variant_seed(self.config.seed, base["src_path"], max(k, 0)),
             "coverage": None,
-            "landmarks": face.points.ravel().tolist() if face is not None else None,
+            "landmarks": face.points.ravel() if face is not None else None,  # arrow converts arrays fast
             "status": status,
             "error": _one_line(error) if error else "",
             "elapsed_ms": None,
