@@ -23,6 +23,7 @@ from maskgen.masks.geometry import U, V, anchor_grid
 from maskgen.masks.options import MaskSpec
 from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, pattern, template
 
+_GREY = np.ones(3, np.float32)  # colour of the sensor noise layer: the same in B, G and R
 _LATTICE = 12  # spline evaluated on a 12x12 lattice over the mask's box, then upsampled
 _TEMPLATE_XY = np.stack(np.meshgrid(U * (TEMPLATE_W - 1), V * (TEMPLATE_H - 1)), -1).reshape(-1, 2)
 
@@ -103,13 +104,21 @@ def _noise_sigma(gray: np.ndarray) -> float:
     return float(min(6.0, np.sqrt(np.pi / 2) * response / (6 * (w - 2) * (h - 2))))
 
 
+@cache
 def _rgb01(hex_color: str) -> np.ndarray:
     return np.array(ImageColor.getrgb(hex_color)[:3][::-1], np.float32) / 255  # BGR
 
 
-def _second_color(color: np.ndarray) -> np.ndarray:
-    """The pattern's other colour: darker on light fabric, lighter on dark."""
-    return color * 0.45 if color.mean() > 0.5 else color + (1 - color) * 0.65
+@cache
+def _pattern_shift(hex_color: str) -> np.ndarray:
+    """The pattern's other colour minus the fabric's: darker on light fabric, lighter on dark."""
+    color = _rgb01(hex_color)
+    return (color * 0.45 if color.mean() > 0.5 else color + (1 - color) * 0.65) - color
+
+
+@cache
+def _accent_color(mask_type: str) -> np.ndarray | None:
+    return next((_rgb01(f["color"]) for f in family(mask_type).relief if "color" in f), None)
 
 
 def _straps(fam_straps: str, grid: np.ndarray, points: np.ndarray, color: np.ndarray):
@@ -188,11 +197,17 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     roi = bgr[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
 
-    # Warp the template into the box; the spline may fold back far outside the grid: cut there.
+    # Warp the template (and the pattern, at a random phase) into the box; the spline may
+    # fold back far outside the grid: cut there.
+    texture = template(spec.mask_type)
+    patterned = spec.pattern != "plain" and spec.texture_weight > 0
+    if patterned:
+        oy, ox = _seeded_offsets(spec.seed, TEMPLATE_H, TEMPLATE_W, salt=0)
+        texture = texture.copy()
+        texture[..., 3] = pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W]
     maps, fractions = _template_maps(grid, x0, y0, w, h)
-    tpl_alpha, tpl_relief, tpl_accent = cv2.split(
-        cv2.remap(template(spec.mask_type), maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    )
+    warped = cv2.remap(texture, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    tpl_alpha, tpl_relief, tpl_accent, pat = cv2.split(warped)
     inside = _inside_grid(grid, x0, y0, w, h, margin)
     alpha = cv2.multiply(tpl_alpha, inside, dtype=cv2.CV_32F, scale=1 / 255**2)
 
@@ -201,15 +216,11 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     # it), accent parts (their own colour). cv2.transform mixes them into BGR in one pass.
     shade, exposure = _shading(gray, tpl_alpha)
     light = cv2.multiply(tpl_relief, shade, dtype=cv2.CV_32F, scale=255 / RELIEF_SCALE)
-    color = _rgb01(spec.color)
-    layers, colors = [light], [color]
-    if spec.pattern != "plain" and spec.texture_weight > 0:
-        oy, ox = _seeded_offsets(spec.seed, TEMPLATE_H, TEMPLATE_W, salt=0)
-        pat = np.ascontiguousarray(pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W])
-        pat = cv2.remap(pat, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    layers, colors = [light], [_rgb01(spec.color)]
+    if patterned:
         layers.append(cv2.multiply(light, pat, dtype=cv2.CV_32F, scale=spec.texture_weight / 255))
-        colors.append(_second_color(color) - color)
-    accent_color = next((_rgb01(f["color"]) for f in fam.relief if "color" in f), None)
+        colors.append(_pattern_shift(spec.color))
+    accent_color = _accent_color(spec.mask_type)
     if accent_color is not None:  # accent parts replace the fabric's colour
         accent = tpl_accent.astype(np.float32) * np.float32(1 / 255)
         layers = [layer - layer * accent for layer in layers] + [light * accent]
@@ -220,7 +231,7 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     sigma = _noise_sigma(gray)
     if sigma > 0.3:
         layers.append(_noise(spec.seed, h, w) * np.float32(sigma))
-        colors.append(np.ones(3, np.float32))
+        colors.append(_GREY)
     feather = max(0.6, 0.008 * face_w)
     alpha = cv2.GaussianBlur(alpha, (0, 0), feather)
     layer = cv2.transform(cv2.merge([cv2.multiply(lay, alpha) for lay in layers]), np.stack(colors, 1))
@@ -232,7 +243,7 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     out[y0:y1, x0:x1] = cv2.add(cv2.multiply(roi, cv2.merge([skin] * 3), dtype=cv2.CV_32F), layer, dtype=cv2.CV_8U)
     occlusion = np.zeros(bgr.shape[:2], np.uint8)
     occlusion[y0:y1, x0:x1] = cv2.compare(alpha, 0.5, cv2.CMP_GT)
-    _draw_straps(out, occlusion, fam.straps, grid, points, color * exposure)
+    _draw_straps(out, occlusion, fam.straps, grid, points, _rgb01(spec.color) * exposure)
     return Rendered(out, occlusion, _coverage(occlusion, points))
 
 
@@ -247,6 +258,6 @@ def _draw_straps(out, occlusion, kind: str, grid, points, color) -> None:
 
 def _coverage(occlusion: np.ndarray, points: np.ndarray) -> float:
     """Covered fraction of the landmarks' bounding box."""
-    (x0, y0), (x1, y1) = np.clip(np.floor(points.min(0)).astype(int), 0, None), np.ceil(points.max(0)).astype(int)
-    face = occlusion[y0:y1, x0:x1]
-    return float(np.count_nonzero(face)) / face.size if face.size else 0.0
+    (x0, y0), (x1, y1) = points.min(0).tolist(), points.max(0).tolist()
+    face = occlusion[max(0, math.floor(y0)) : math.ceil(y1), max(0, math.floor(x0)) : math.ceil(x1)]
+    return cv2.countNonZero(face) / face.size if face.size else 0.0

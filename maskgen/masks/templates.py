@@ -86,14 +86,15 @@ RELIEF_SCALE = 127.5  # relief 0..2 is stored as uint8 0..255
 
 @cache
 def template(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 (8-bit: remaps fastest): alpha x 255, relief x RELIEF_SCALE, accent
-    x 255, in template space. Alpha includes the accent parts (cartridges) where they stand
-    out of the outline."""
+    """(H, W, 4) uint8 (8-bit: remaps fastest): alpha x 255, relief x RELIEF_SCALE, accent
+    x 255, in template space, and an empty 4th plane where a render puts its pattern (one
+    4-channel remap is cheaper than a 3- and a 1-channel one). Alpha includes the accent
+    parts (cartridges) where they stand out of the outline."""
     fam = family(name)
     alpha = _outline_alpha(fam.outline)
     relief, accent = _relief(alpha, fam.relief)
     alpha = np.maximum(alpha, accent)
-    planes = [alpha * 255, np.clip(relief, 0, 2) * RELIEF_SCALE, accent * 255]
+    planes = [alpha * 255, np.clip(relief, 0, 2) * RELIEF_SCALE, accent * 255, np.zeros_like(alpha)]
     return np.ascontiguousarray(np.dstack(planes).round().astype(np.uint8))
 
 
