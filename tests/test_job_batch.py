@@ -1,0 +1,84 @@
+"""ImageJob.process_batch (stage by stage over many inputs) against one input at a time,
+and the shard runner's per-input fallback when a batch raises."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ALIGNED
+from maskgen.pipeline import job as job_module
+from maskgen.pipeline.job import ImageJob, JobConfig
+from maskgen.pipeline.shards import process_entries
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[tuple[Path, str, None]]:
+    """Real chips of two identities, with a corrupt file and a blank crop among them."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("faces")
+    files = [f for name in ("John_Salley", "John_Savage") for f in sorted((ALIGNED / name).glob("*.jpg"))[:4]]
+    for f in files:
+        (root / f.parent.name).mkdir(exist_ok=True)
+        shutil.copy(f, root / f.parent.name / f.name)
+    (root / "John_Salley" / "broken.jpg").write_bytes(files[0].read_bytes()[:300])
+    cv2.imwrite(str(root / "John_Savage" / "blank.png"), np.full((150, 150, 3), 128, np.uint8))
+    rels = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*"))
+    return [(root / rel, rel, None) for rel in rels]
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    return [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items() if k != "elapsed_ms"} for r in rows]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_batch_equals_one_at_a_time(inputs, tmp_path, monkeypatch):
+    config = JobConfig(seed=5, variants=2, keep_original=True)
+    single = [ImageJob(config).process(src, rel, tmp_path / "single") for src, rel, _ in inputs]
+    # A tiny byte budget splits the batch into several sub-batches on the way.
+    monkeypatch.setattr(job_module, "BATCH_BYTES", 3 * 150 * 150 * 3)
+    batched = ImageJob(config).process_batch(inputs, tmp_path / "batched")
+
+    assert [_comparable(r) for r in batched] == [_comparable(r) for r in single]
+    statuses = {rows[0]["src_path"].split("/")[-1]: rows[0]["status"] for rows in batched}
+    assert statuses.pop("broken.jpg") == "decode_error" and statuses.pop("blank.png") == "no_face"
+    assert set(statuses.values()) == {"ok"}
+    assert all(r["elapsed_ms"] > 0 for rows in batched for r in rows)
+    assert _files(tmp_path / "batched") == _files(tmp_path / "single")
+
+
+class FailsOn(ImageJob):
+    """A real ImageJob that hits a bug (raises) while rendering one chosen input."""
+
+    def __init__(self, config, bad_rel):
+        super().__init__(config)
+        self.bad_rel = bad_rel
+
+    def _render(self, item):
+        if item.rel == self.bad_rel:
+            raise RuntimeError("injected bug")
+        super()._render(item)
+
+
+def test_a_bug_in_a_batch_costs_only_its_own_input(inputs, tmp_path):
+    good = [(src, rel, None) for src, rel, _ in inputs if "broken" not in rel and "blank" not in rel]
+    entries = [{"rel": rel, "identity": f"id-{rel.split('/')[0]}"} for _, rel, _ in good]
+    root = good[0][0].parents[1]
+    bad = entries[2]["rel"]
+
+    results = process_entries(FailsOn(JobConfig(), bad), entries, root, tmp_path, {"variants": 1}, False)
+
+    assert [rows[0]["src_path"] for rows in results] == [e["rel"] for e in entries]  # order kept
+    for entry, rows in zip(entries, results):
+        assert [r["identity"] for r in rows] == [entry["identity"]]  # the input list's identity wins
+        if entry["rel"] == bad:
+            assert rows[0]["status"] == "render_error" and "injected bug" in rows[0]["error"]
+        else:
+            assert rows[0]["status"] == "ok" and (tmp_path / rows[0]["out_path"]).is_file()
