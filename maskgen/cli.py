@@ -134,7 +134,7 @@ def preview(
 
 @app.command()
 def bench(
-    images: Annotated[int, typer.Option("--images", help="Images per measurement (the sample faces, repeated).")] = 550,
+    images: Annotated[int, typer.Option("--images", help="Images per measurement (distinct faces made from the sample chips, cycled).")] = 550,
 ) -> None:
     """Milliseconds per image per stage on one core, for the sample faces (150x150 and 112x96).
 
