@@ -82,14 +82,14 @@ def _plain_part(args) -> tuple[float, float]:
     tree, out, config, rels, ready = args
     import cv2
 
-    from maskgen.pipeline.job import ImageJob
+    from maskgen.pipeline.job import BATCH_SIZE, ImageJob
 
     cv2.setNumThreads(1)
     job = ImageJob(config)
     ready.wait()  # all processes built their job: time the image work only
     start, cpu = time.time(), time.process_time()
-    for rel in rels:
-        job.process(tree / rel, rel, out / "images")
+    for i in range(0, len(rels), BATCH_SIZE):  # batches, as `maskgen mask` and the shards run them
+        job.process_batch([(tree / rel, rel, None) for rel in rels[i : i + BATCH_SIZE]], out / "images")
     return start, time.time(), time.process_time() - cpu
 
 
