@@ -86,3 +86,25 @@ def test_bad_files_are_rows(job, tmp_path):
         assert row["status"] == "decode_error" and row["error"]
     (row,) = job.process(WILD / "obama.jpg", "../escape.jpg", tmp_path / "out")
     assert row["status"] == "write_error" and not (tmp_path / "escape.jpg").exists()
+
+
+def test_align_command_runs_on_ray_and_names_itself(tmp_path):
+    """`maskgen align` end to end on a real local Ray: every photo gets a row, and the
+    progress and summary say `align`, not `generate`."""
+    from typer.testing import CliRunner
+
+    from maskgen.cli import app
+    from pipeline_helpers import ensure_ray
+
+    ensure_ray()
+    raw = tmp_path / "raw"
+    for person, photo in (("obama", "obama.jpg"), ("cruise", "Tom_Cruise_avp_2014_4.jpg"), ("dogs", "dogs.jpg")):
+        (raw / person).mkdir(parents=True)
+        shutil.copy(WILD / photo, raw / person / photo)
+    result = CliRunner().invoke(app, ["align", str(raw), str(tmp_path / "out"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "align: summary" in result.output and "generate" not in result.output
+    import pandas as pd
+
+    rows = pd.read_parquet(tmp_path / "out" / "manifest")
+    assert sorted(zip(rows.identity, rows.status)) == [("cruise", "ok"), ("dogs", "no_face"), ("obama", "ok")]

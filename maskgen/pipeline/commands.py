@@ -78,11 +78,12 @@ def generate(
     run_generate_request(request, quiet=quiet, as_json=as_json)
 
 
-def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_json: bool = False):
-    """Run a request with the CLI's output and exit codes (shared by `generate` and `run`)."""
+def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_json: bool = False, label: str = "generate"):
+    """Run a request with the CLI's output and exit codes (shared by `generate`, `align` and
+    `run`); `label` names the command on the progress bar and the summary."""
     live = not (quiet or as_json)
     try:
-        summary = run_generate(request, RichReporter() if live else SilentReporter())
+        summary = run_generate(request, RichReporter(label=label) if live else SilentReporter())
     except (InputError, PlanMismatch, RunnerError) as exc:
         raise _fail(str(exc), as_json) from None
     except OSError as exc:  # OUT_DIR not writable, disk full while planning...
@@ -93,7 +94,7 @@ def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_js
     if as_json:
         print(json.dumps(summary.to_dict()))  # one line: `maskgen run --json` prints one per stage
     elif not quiet:
-        print_summary(summary, Console())
+        print_summary(summary, Console(), label)
     if summary.exit_code:
         raise typer.Exit(EXIT_FAILED_SHARDS)
     return summary

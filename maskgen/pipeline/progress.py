@@ -47,8 +47,9 @@ class FailuresColumn(ProgressColumn):
 class RichReporter(Reporter):
     """The live view, on stderr so that stdout stays for results."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, label: str = "generate"):
         self.console = console or Console(stderr=True)
+        self.label = label  # the command's name, shown on the bar
         self.progress: Progress | None = None
         self.task = None
         self.completed = 0
@@ -76,7 +77,7 @@ class RichReporter(Reporter):
     def start(self, total_images: int, done_images: int, failures: int) -> None:
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("generate"),
+            TextColumn(self.label),
             BarColumn(),
             MofNCompleteColumn(),
             RateColumn(),
@@ -88,7 +89,7 @@ class RichReporter(Reporter):
         )
         self.progress.start()
         self.completed = done_images
-        self.task = self.progress.add_task("generate", total=total_images, completed=done_images, failures=failures)
+        self.task = self.progress.add_task(self.label, total=total_images, completed=done_images, failures=failures)
 
     def update(self, done_images: int, failures: int) -> None:
         if self.progress is not None and done_images >= self.completed:
@@ -105,8 +106,8 @@ class RichReporter(Reporter):
         self.status = self.progress = None
 
 
-def summary_table(summary) -> Table:
-    table = Table(title="generate: summary", show_header=True, header_style="bold")
+def summary_table(summary, label: str = "generate") -> Table:
+    table = Table(title=f"{label}: summary", show_header=True, header_style="bold")
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
@@ -118,8 +119,8 @@ def summary_table(summary) -> Table:
     return table
 
 
-def print_summary(summary, console: Console) -> None:
-    console.print(summary_table(summary))
+def print_summary(summary, console: Console, label: str = "generate") -> None:
+    console.print(summary_table(summary, label))
     if summary.examples:
         console.print("[bold]failure examples[/bold]")
         for ex in summary.examples[:5]:
