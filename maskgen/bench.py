@@ -124,10 +124,7 @@ def run_bench(n: int, console: Console, rounds: int = 3) -> None:
     adds time (the landmark step, memory-bound, suffers most)."""
     cv2.setNumThreads(1)
     landmarker = Landmarker()
-    table = Table(title=f"maskgen bench: ms per image, one core ({n} distinct faces, best of {rounds})")
-    for col in ("input", *STAGES, "sum", "images/s", "CLI end to end", "CLI without landmarks"):
-        table.add_column(col, justify="right")
-    repeated = {}
+    columns: dict[str, dict[str, str]] = {}
     for size, label in (("native", "150x150 chips"), ("112x96", "112x96 crops")):
         data = distinct_faces(size, landmarker)
         stage_times(data, min(n, BATCH_SIZE), landmarker)  # warm-up: templates, patterns, caches
@@ -135,13 +132,23 @@ def run_bench(n: int, console: Console, rounds: int = 3) -> None:
         stages = {stage: min(run[stage] for run in runs) for stage in STAGES}
         total = sum(stages.values())
         cli = cli_ms_per_image(data, n, rounds)
-        repeated[label] = min(repeated_face_ms(data[0], n, landmarker) for _ in range(rounds))
-        table.add_row(label, *(f"{v:.3f}" for v in stages.values()), f"{total:.3f}", f"{1e3 / total:.0f}",
-                      f"{cli:.3f}", f"{cli - stages['landmarks']:.3f}")
+        repeated = min(repeated_face_ms(data[0], n, landmarker) for _ in range(rounds))
+        columns[label] = {
+            **{stage: f"{ms:.3f}" for stage, ms in stages.items()},
+            "sum of the stages": f"{total:.3f}",
+            "  (images/s)": f"{1e3 / total:.0f}",
+            "  without landmarks": f"{total - stages['landmarks']:.3f}",
+            "CLI end to end": f"{cli:.3f}",
+            "landmarks, one face repeated": f"{repeated:.3f}",
+        }
+    table = Table(title=f"maskgen bench: ms per image, one core ({n} distinct faces, best of {rounds})")
+    table.add_column("ms per image")
+    for label in columns:
+        table.add_column(label, justify="right")
+    for key in next(iter(columns.values())):
+        table.add_row(key, *(column[key] for column in columns.values()))
     console.print(table)
     where = "in memory (/dev/shm)" if _memory_folder() else "in the temp folder"
     console.print(f"[dim]CLI end to end: `maskgen mask DIR -o OUT --aligned` pinned to one core, files {where}, "
-                  "start-up removed; includes reading, writing files and the manifest. Without landmarks: minus "
-                  "the landmark stage above.[/dim]")
-    console.print("[dim]dlib's landmark step on one face repeated (its model stays in cache): "
-                  + ", ".join(f"{label} {ms:.3f} ms" for label, ms in repeated.items()) + "[/dim]")
+                  "start-up removed; includes reading, writing files and the manifest. Landmarks on one face "
+                  "repeated: dlib's model then stays in the CPU cache (a best case no real run sees).[/dim]")

@@ -134,7 +134,7 @@ def preview(
 
 @app.command()
 def bench(
-    images: Annotated[int, typer.Option("--images", min=50, help="Images per measurement (distinct faces made from the sample chips, cycled).")] = 550,
+    images: Annotated[int, typer.Option("--images", min=200, help="Images per measurement (distinct faces made from the sample chips, cycled).")] = 550,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Runs of each measurement; the fastest is shown.")] = 3,
 ) -> None:
     """Milliseconds per image per stage on one core, for the sample faces (150x150 and 112x96).
