@@ -100,7 +100,7 @@ class ImageJob:
 
     def process_batch(self, inputs: Iterable[Input], out_root: Path) -> list[list[dict]]:
         """`process` for many inputs, a stage at a time (read, landmarks, render, write) over
-        up to BATCH_BYTES of decoded images: dlib's 100 MB landmark model then stays in the
+        up to BATCH_BYTES of decoded images: more of dlib's ~75 MB landmark model stays in the
         CPU cache from one face to the next, which makes that step about twice as fast."""
         done, batch, size = [], [], 0
         for src, rel, landmarks in inputs:
