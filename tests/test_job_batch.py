@@ -82,3 +82,23 @@ def test_a_bug_in_a_batch_costs_only_its_own_input(inputs, tmp_path):
             assert rows[0]["status"] == "render_error" and "injected bug" in rows[0]["error"]
         else:
             assert rows[0]["status"] == "ok" and (tmp_path / rows[0]["out_path"]).is_file()
+
+
+def test_a_bug_in_mask_costs_only_its_own_image(inputs, tmp_path, monkeypatch):
+    """`maskgen mask`'s loop: the run completes and its manifest accounts for the culprit."""
+    import pandas as pd
+
+    from maskgen.pipeline import local
+
+    root = inputs[0][0].parents[1]
+    found = local.find_images([root])
+    bad = found.images[1][1]
+    monkeypatch.setattr(local, "ImageJob", lambda config: FailsOn(config, bad))
+
+    local.mask_images(found, tmp_path / "out", JobConfig())
+
+    manifest = pd.read_parquet(tmp_path / "out" / local.MANIFEST_NAME).set_index("src_path")
+    assert sorted(manifest.index) == sorted(rel for _, rel in found.images)
+    assert manifest.loc[bad, "status"] == "render_error" and "injected bug" in manifest.loc[bad, "error"]
+    assert (manifest.drop(index=bad).status != "render_error").all()
+    assert (manifest.status == "ok").sum() == len(found.images) - 3  # the culprit, broken.jpg, blank.png

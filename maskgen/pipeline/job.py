@@ -79,6 +79,33 @@ class _Item:
         self.base = {"identity": self.rel.split("/")[0] if "/" in self.rel else "", "src_path": self.rel}
 
 
+def process_safely(job, inputs: list[Input], out_root: Path, n_masked: int, keep_original: bool) -> list[list[dict]]:
+    """job.process_batch that never raises. Should the batch hit a bug (bad images are rows
+    already), each input is retried alone, and only the culprit gets `internal error` rows:
+    one bug never costs a run its other images or its manifest."""
+    try:
+        return job.process_batch(inputs, out_root)
+    except Exception:
+        results = []
+        for one in inputs:
+            try:
+                results += job.process_batch([one], out_root)
+            except Exception as exc:
+                results.append(bug_rows(one[1], n_masked, keep_original, exc))
+        return results
+
+
+def bug_rows(rel: str, n_masked: int, keep_original: bool, error: BaseException) -> list[dict]:
+    """Rows for an input whose job raised: the input is still accounted for."""
+    message = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
+    variants = ([("original", -1)] if keep_original else []) + [("masked", i) for i in range(n_masked)]
+    base = {"identity": rel.split("/")[0] if "/" in rel else "", "src_path": rel, "out_path": "", "mask_path": ""}
+    return [
+        {**base, "variant": variant, "variant_index": index, "face_index": 0, "status": "render_error", "error": message}
+        for variant, index in variants
+    ]
+
+
 class OneByOne:
     """process_batch for jobs that gain nothing from batching: one input after another."""
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
 from maskgen.pipeline.inputs import text_path
-from maskgen.pipeline.job import BATCH_SIZE, ImageJob, JobConfig
+from maskgen.pipeline.job import BATCH_SIZE, ImageJob, JobConfig, process_safely
 from maskgen.pipeline.manifest import to_table
 
 IMAGE_EXTENSIONS = frozenset(
@@ -73,7 +73,7 @@ def mask_images(
     rows: list[dict] = []
     for start in range(0, len(found.images), BATCH_SIZE):
         batch = [(path, rel, None) for path, rel in found.images[start : start + BATCH_SIZE]]
-        for image_rows in job.process_batch(batch, out_dir):
+        for image_rows in process_safely(job, batch, out_dir, config.variants, config.keep_original):
             rows += image_rows
             if on_image:
                 on_image(image_rows)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
-from maskgen.pipeline.job import BATCH_SIZE
+from maskgen.pipeline.job import BATCH_SIZE, process_safely
 from maskgen.pipeline.layout import OutputLayout
 from maskgen.pipeline.manifest import SCHEMA
 from maskgen.pipeline.plan import Plan, read_inputs_slice
@@ -27,41 +27,12 @@ from maskgen.pipeline.plan import Plan, read_inputs_slice
 EXAMPLES_PER_SHARD = 5  # failure examples kept in a shard's stats (the manifest has them all)
 
 
-def fallback_rows(entry: dict, n_masked: int, keep_original: bool, error: BaseException) -> list[dict]:
-    """Rows for an input whose job raised (a bug, not a bad image): the input is still accounted for."""
-    message = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
-    variants = ([("original", -1)] if keep_original else []) + [("masked", i) for i in range(n_masked)]
-    return [
-        {
-            "identity": entry["identity"],
-            "src_path": entry["rel"],
-            "out_path": "",
-            "mask_path": "",
-            "variant": variant,
-            "variant_index": index,
-            "face_index": 0,
-            "status": "render_error",
-            "error": message,
-        }
-        for variant, index in variants
-    ]
-
-
 def process_entries(job, entries: list[dict], input_root: Path, images_root: Path, config: dict, pass_landmarks: bool) -> list[list[dict]]:
-    """Each entry's rows, in entry order. The job runs them as one batch; should that raise
-    (a bug, not a bad image), each entry is retried alone so only the culprit gets fallback rows."""
+    """Each entry's rows, in entry order, as one batch that never raises (see process_safely)."""
     inputs = [
         (Path(input_root) / e["rel"], e["rel"], e.get("landmarks") if pass_landmarks else None) for e in entries
     ]
-    try:
-        results = job.process_batch(inputs, images_root)
-    except Exception:
-        results = []
-        for entry, one in zip(entries, inputs):
-            try:
-                results += job.process_batch([one], images_root)
-            except Exception as exc:  # the input still gets its rows
-                results.append(fallback_rows(entry, config.get("variants", 1), config.get("keep_original", False), exc))
+    results = process_safely(job, inputs, images_root, config.get("variants", 1), config.get("keep_original", False))
     for entry, rows in zip(entries, results):
         for row in rows:
             row["identity"] = entry["identity"]  # an input list's identity column wins over the folder name
