@@ -59,6 +59,7 @@ def mask(
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
     from maskgen.pipeline.generate import build_job_config
+    from maskgen.pipeline.job import INTERNAL_ERROR
     from maskgen.pipeline.local import find_images, mask_images
 
     try:
@@ -97,6 +98,11 @@ def mask(
             raise fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:
         _print_summary(rows, found, out)
+    bugs = sum(r["error"].startswith(INTERNAL_ERROR) for r in rows)
+    if bugs:  # a bug in maskgen, not a bad image: the run is complete, but say so loudly
+        err.print(f"[bold red]{bugs} rows hit an internal error[/bold red] (a bug, not a bad image); "
+                  f"see their `error` in {out / 'manifest.parquet'}", highlight=False)
+        raise typer.Exit(1)
 
 
 def _print_summary(rows: list[dict], found, out: Path) -> None:

@@ -388,7 +388,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         fd = os.open(tmp, _TEMP_FLAGS, 0o666)
     try:
         try:
-            view = memoryview(data)
+            view = memoryview(data).cast("B")
             while view:
                 view = view[os.write(fd, view) :]
         finally:

@@ -44,7 +44,12 @@ def test_batch_equals_one_at_a_time(inputs, tmp_path, monkeypatch):
     single = [ImageJob(config).process(src, rel, tmp_path / "single") for src, rel, _ in inputs]
     # A tiny byte budget splits the batch into several sub-batches on the way.
     monkeypatch.setattr(job_module, "BATCH_BYTES", 3 * 150 * 150 * 3)
-    batched = ImageJob(config).process_batch(inputs, tmp_path / "batched")
+    job = ImageJob(config)
+    finishes = []
+    real_finish = job._finish
+    job._finish = lambda batch, out_root: finishes.append(len(batch)) or real_finish(batch, out_root)
+    batched = job.process_batch(inputs, tmp_path / "batched")
+    assert len(finishes) >= 3 and sum(finishes) == len(inputs)
 
     assert [_comparable(r) for r in batched] == [_comparable(r) for r in single]
     statuses = {rows[0]["src_path"].split("/")[-1]: rows[0]["status"] for rows in batched}
@@ -102,3 +107,28 @@ def test_a_bug_in_mask_costs_only_its_own_image(inputs, tmp_path, monkeypatch):
     assert manifest.loc[bad, "status"] == "render_error" and "injected bug" in manifest.loc[bad, "error"]
     assert (manifest.drop(index=bad).status != "render_error").all()
     assert (manifest.status == "ok").sum() == len(found.images) - 3  # the culprit, broken.jpg, blank.png
+
+
+def test_mask_keeps_order_and_progress_across_batches(inputs, tmp_path, monkeypatch):
+    from maskgen.pipeline import local
+
+    monkeypatch.setattr(local, "BATCH_SIZE", 4)
+    found = local.find_images([inputs[0][0].parents[1]])
+    seen = []
+    rows = local.mask_images(found, tmp_path / "out", JobConfig(), on_image=lambda r: seen.append(r[0]["src_path"]))
+    assert seen == [rel for _, rel in found.images] == [r["src_path"] for r in rows]
+
+
+def test_mask_command_exits_1_when_a_bug_hit_an_image(inputs, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from maskgen.cli import app
+    from maskgen.pipeline import local
+
+    root = inputs[0][0].parents[1]
+    bad = local.find_images([root]).images[2][1]
+    monkeypatch.setattr(local, "ImageJob", lambda config: FailsOn(config, bad))
+    result = CliRunner().invoke(app, ["mask", str(root), "-o", str(tmp_path / "out"), "--aligned"])
+    assert result.exit_code == 1, result.output
+    assert "1 rows hit an internal error" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "out" / "manifest.parquet").is_file()

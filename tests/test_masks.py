@@ -124,3 +124,26 @@ def test_bad_specs_are_clear():
         MaskOptions.parse(wear="proper:1,nose:x")
     with pytest.raises(ValueError, match="--texture-weight"):
         MaskOptions.parse(texture_weight=2)
+
+
+def test_landmarks_that_do_not_fit_the_image_are_a_render_error(chips):
+    """Input-list landmarks can be anything: far-off, NaN or collapsed points give a
+    RenderError (a status row), never an OpenCV crash."""
+    from maskgen.masks.render import RenderError
+
+    image, points = chips[0]
+    spec = MaskOptions().sample(1)
+    for bad in (points * 5000, np.full_like(points, np.nan), np.zeros_like(points), points + 10_000):
+        with pytest.raises(RenderError):
+            render_mask(image, bad, spec)
+
+
+def test_a_mask_cut_by_the_image_border(chips):
+    """A face whose chin leaves the picture: the mask is drawn up to the edge, shaded there."""
+    image, points = chips[3]
+    cut = image[: int(points[57, 1]) + 4]  # just below the lower lip
+    out = render_mask(np.ascontiguousarray(cut), points, MaskOptions.parse(type="surgical").sample(2))
+    occ = out.occlusion
+    assert occ[-1].mean() > 100  # the mask reaches the bottom edge
+    changed = np.abs(out.image.astype(int) - cut).max(2) > 0
+    assert changed[-8:].mean() > 0.3 and not changed[: int(points[37:42, 1].min()) - 2].any()

@@ -74,6 +74,8 @@ class Landmarker:
         self.predictor = dlib.shape_predictor(str(model_path("landmarks68", predictor)))
         self.detector_name, self.upsample, self.layout = detector, upsample, layout
         self._hog = self._cnn = None
+        if detector == "cnn":  # load now: a missing model is then an error before any image
+            self._cnn = dlib.cnn_face_detection_model_v1(str(model_path("mmod")))
 
     def aligned(self, bgr: np.ndarray) -> Face:
         """Landmarks of an aligned crop (BGR or grey): the face box is known from the crop's layout."""
@@ -104,8 +106,6 @@ class Landmarker:
         return merge_detections(found)
 
     def _detect_cnn(self, bgr: np.ndarray) -> list[tuple[Box, float]]:
-        if self._cnn is None:
-            self._cnn = dlib.cnn_face_detection_model_v1(str(model_path("mmod")))
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         dets = self._cnn(rgb, self._upsample_for(bgr))
         found = [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), d.confidence) for d in dets]

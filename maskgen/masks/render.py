@@ -159,16 +159,15 @@ def _mask_box(grid: np.ndarray, shape, margin: int) -> tuple[int, int, int, int]
 def _shading(gray: np.ndarray, under: np.ndarray) -> tuple[np.ndarray, float]:
     """The face's own low-frequency illumination, relative to its mean where `under` is set
     (the mask), times an exposure factor (a mask in a dark photo is dark too). Worked out at
-    1/8 size, on whole 8x8 cells (cv2's fast path); the last partial cells copy their neighbour."""
+    1/8 size on whole 8x8 cells (cv2's fast path): the box is padded by its edge pixels."""
     h, w = gray.shape
-    h8, w8 = h - h % 8 or h, w - w % 8 or w
-    small = cv2.resize(gray[:h8, :w8], (max(1, w8 // 8), max(1, h8 // 8)), interpolation=cv2.INTER_AREA)
+    padded = cv2.copyMakeBorder(gray, 0, -h % 8, 0, -w % 8, cv2.BORDER_REPLICATE)
+    small = cv2.resize(padded, (padded.shape[1] // 8, padded.shape[0] // 8), interpolation=cv2.INTER_AREA)
     light = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0)
     mean_light = cv2.mean(gray, under)[0]
     exposure = min(max(mean_light / 150.0, 0.45), 1.1)
     shade = np.power(np.clip(light * np.float32(1 / (mean_light + 1e-6)), 0.2, 3.0), 0.75) * np.float32(exposure)
-    shade = cv2.resize(shade, (w8, h8), interpolation=cv2.INTER_LINEAR)
-    return cv2.copyMakeBorder(shade, 0, h - h8, 0, w - w8, cv2.BORDER_REPLICATE), exposure
+    return cv2.resize(shade, padded.shape[1::-1], interpolation=cv2.INTER_LINEAR)[:h, :w], exposure
 
 
 def _noise(seed: int, h: int, w: int) -> np.ndarray:
@@ -192,15 +191,18 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     fam = family(spec.mask_type)
     grid = anchor_grid(points, fam.fit, spec.wear_shift)
     face_w = float(np.hypot(*(points[16] - points[0])))
+    if not face_w < 4 * max(bgr.shape[:2]):  # also NaN
+        raise RenderError("landmarks do not fit the image: the face is far wider than the photo")
     margin = 3 + int(0.04 * face_w)
     x0, y0, x1, y1 = _mask_box(grid, bgr.shape, margin)
     roi = bgr[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
 
     alpha, relief, accent, pat = _warp_texture(spec, grid, (x0, y0, x1, y1), margin)
+    alpha = cv2.min(alpha, _inside_grid(grid, x0, y0, x1 - x0, y1 - y0, margin))
     shade, exposure = _shading(gray, alpha)
     layers, colors = _albedo(spec, relief, shade, accent, pat)
-    alpha = cv2.multiply(alpha, _inside_grid(grid, x0, y0, x1 - x0, y1 - y0, margin), dtype=cv2.CV_32F, scale=1 / 255**2)
+    alpha = alpha.astype(np.float32) * np.float32(1 / 255)
     feather = max(0.6, 0.008 * face_w)
     blended, alpha = _composite(roi, gray, layers, colors, alpha, feather, spec.seed)
 

@@ -20,6 +20,7 @@ from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
 
 
+INTERNAL_ERROR = "internal error:"  # how the error of a row for a bug (not a bad image) starts
 BATCH_SIZE = 128  # inputs callers hand to process_batch at once (progress moves per batch)
 BATCH_BYTES = 32 << 20  # at most this much decoded image data is held at once
 Input = tuple[Path, str, "np.ndarray | None"]  # (file, path relative to the input root, known landmarks)
@@ -83,6 +84,8 @@ def process_safely(job, inputs: list[Input], out_root: Path, n_masked: int, keep
     """job.process_batch that never raises. Should the batch hit a bug (bad images are rows
     already), each input is retried alone, and only the culprit gets `internal error` rows:
     one bug never costs a run its other images or its manifest."""
+    if not callable(getattr(job, "process_batch", None)):
+        raise TypeError(f"{type(job).__name__} has no process_batch (subclass OneByOne for a per-image job)")
     try:
         return job.process_batch(inputs, out_root)
     except Exception:
@@ -97,7 +100,7 @@ def process_safely(job, inputs: list[Input], out_root: Path, n_masked: int, keep
 
 def bug_rows(rel: str, n_masked: int, keep_original: bool, error: BaseException) -> list[dict]:
     """Rows for an input whose job raised: the input is still accounted for."""
-    message = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
+    message = f"{INTERNAL_ERROR} {type(error).__name__}: {error}".splitlines()[0]
     variants = ([("original", -1)] if keep_original else []) + [("masked", i) for i in range(n_masked)]
     base = {"identity": rel.split("/")[0] if "/" in rel else "", "src_path": rel, "out_path": "", "mask_path": ""}
     return [
