@@ -59,7 +59,7 @@ def mask(
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
     from maskgen.pipeline.generate import build_job_config
-    from maskgen.pipeline.job import INTERNAL_ERROR
+    from maskgen.pipeline.job import INTERNAL_ERROR, ImageJob
     from maskgen.pipeline.local import find_images, mask_images
 
     try:
@@ -78,6 +78,10 @@ def mask(
         raise fail(str(exc)) from None
     if not found.images:
         raise fail(f"no images found in {', '.join(map(str, paths))}")
+    try:
+        job = ImageJob(config)  # loads the models: a missing one is an error before any work
+    except ModelNotFound as exc:
+        raise fail(str(exc)) from None
     with Progress(
         TextColumn("masking"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
         TimeRemainingColumn(), console=err, disable=quiet,
@@ -91,9 +95,7 @@ def mask(
             progress.update(task, advance=1, failed=failed)
 
         try:
-            rows = mask_images(found, out, config, on_image=advance)
-        except ModelNotFound as exc:
-            raise fail(str(exc)) from None
+            rows = mask_images(found, out, config, on_image=advance, job=job)
         except OSError as exc:
             raise fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:

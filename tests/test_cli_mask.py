@@ -105,6 +105,13 @@ def test_user_mistakes_get_one_line_errors(tmp_path):
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_a_missing_model_is_one_line_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKGEN_MMOD", str(tmp_path / "nope.dat"))
+    result = invoke("mask", WILD / "obama.jpg", "-o", tmp_path / "o", "--detector", "cnn")
+    assert result.exit_code == 2 and "MASKGEN_MMOD" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_file_name_that_is_not_utf8_is_refused_before_any_work(small_tree, tmp_path):
     src = next(small_tree.rglob("*.jpg"))
     odd = src.parent / "caf\udce9.jpg"  # the byte 0xE9 alone: not UTF-8, as os gives it

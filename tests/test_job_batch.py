@@ -127,7 +127,7 @@ def test_mask_command_exits_1_when_a_bug_hit_an_image(inputs, tmp_path, monkeypa
 
     root = inputs[0][0].parents[1]
     bad = local.find_images([root]).images[2][1]
-    monkeypatch.setattr(local, "ImageJob", lambda config: FailsOn(config, bad))
+    monkeypatch.setattr(job_module, "ImageJob", lambda config: FailsOn(config, bad))
     result = CliRunner().invoke(app, ["mask", str(root), "-o", str(tmp_path / "out"), "--aligned"])
     assert result.exit_code == 1, result.output
     assert "1 rows hit an internal error" in result.output and "Traceback" not in result.output

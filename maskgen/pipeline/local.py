@@ -67,9 +67,11 @@ def mask_images(
     out_dir: Path,
     config: JobConfig,
     on_image: Callable[[list[dict]], None] | None = None,
+    job: ImageJob | None = None,
 ) -> list[dict]:
-    """Mask every found image into out_dir; write the manifest last; return the rows."""
-    job = ImageJob(config)
+    """Mask every found image into out_dir with `job` (default: a new ImageJob(config));
+    write the manifest last; return the rows."""
+    job = job or ImageJob(config)
     rows: list[dict] = []
     for start in range(0, len(found.images), BATCH_SIZE):
         batch = [(path, rel, None) for path, rel in found.images[start : start + BATCH_SIZE]]
