@@ -24,12 +24,6 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
-EXIT_USAGE = 2
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
 
 
 @app.command()
@@ -69,19 +63,19 @@ def mask(
             keep_original=keep_original, seed=seed, image_format=image_format, quality=quality,
         )
     except ValueError as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     from maskgen.pipeline.inputs import InputError
 
     try:
         found = find_images(paths, exclude=out)
     except (FileNotFoundError, InputError) as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     if not found.images:
-        raise fail(f"no images found in {', '.join(map(str, paths))}")
+        raise opt.fail(f"no images found in {', '.join(map(str, paths))}")
     try:
         job = ImageJob(config)  # loads the models: a missing one is an error before any work
     except ModelNotFound as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     with Progress(
         TextColumn("masking"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
         TimeRemainingColumn(), console=err, disable=quiet,
@@ -97,7 +91,7 @@ def mask(
         try:
             rows = mask_images(found, out, config, on_image=advance, job=job)
         except OSError as exc:
-            raise fail(f"cannot write to {out}: {exc.strerror or exc}") from None
+            raise opt.fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:
         _print_summary(rows, found, out)
     bugs = sum(r["error"].startswith(INTERNAL_ERROR) for r in rows)
@@ -136,7 +130,7 @@ def preview(
     try:
         target = write_sheet(run_dir, out or run_dir / "preview.png", rows, source)
     except (PreviewError, RunError, OSError) as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     Console().print(f"contact sheet: {target}")
 
 
@@ -183,18 +177,18 @@ def align(
         if crop is not None and (len(crop) != 2 or min(crop) < 16):
             raise ValueError
     except ValueError:
-        raise fail(f"--size: expected WIDTHxHEIGHT like 96x112, got {size!r}") from None
+        raise opt.fail(f"--size: expected WIDTHxHEIGHT like 96x112, got {size!r}") from None
     if select not in SELECTIONS:
-        raise fail(f"--select: choose from {', '.join(SELECTIONS)}")
+        raise opt.fail(f"--select: choose from {', '.join(SELECTIONS)}")
     if points not in (5, 68):
-        raise fail("--points: 5 or 68")
+        raise opt.fail("--points: 5 or 68")
     from maskgen.pipeline.generate import format_name
 
     try:
         config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
                              format_name(image_format) or "JPEG", quality)
     except ValueError as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     try:
         from maskgen.faces.align import template_points
         from maskgen.images import output_format
@@ -202,7 +196,7 @@ def align(
         template_points(template)
         output_format(config.image_format)
     except ValueError as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     request = GenerateRequest(
         input_root=raw_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
         address=address, overwrite=overwrite, job_class="maskgen.pipeline.align_job:AlignJob",
@@ -235,7 +229,7 @@ def trainset(
         rows, held, mapping, summary = build_trainset(runs, options)
         write_trainset(rows, held, mapping, out, summary.num_classes)
     except (RunError, TrainsetError, OSError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     table = Table(title=f"training manifest: {out}")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -276,7 +270,7 @@ def pairs(
             plain = table[table.pair_type == "unmasked-unmasked"]
             write_lfw_pairs(plain, write_lfw, _source_root(sources[0]))
     except (PairsError, RunError, OSError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     summary = Table(title=f"pairs: {out}")
     for col in ("pair type", "folds", "positive", "negative"):
         summary.add_column(col, justify="right")

@@ -1,10 +1,13 @@
-"""Command-line options shared by `mask`, `generate` and `preview` (typer `Annotated` types)."""
+"""What the commands share: option types (typer `Annotated`) and the one-line error."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 
 from maskgen.faces.layouts import LAYOUTS
 from maskgen.masks.families import FAMILIES
@@ -26,3 +29,16 @@ Upsample = Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, hel
 ImageFormat = Annotated[Optional[str], typer.Option("--format", help="Output image format: jpg, png, webp... (default: the input's own).")]
 Quality = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality (default: the input's own, estimated from its tables).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; errors only.")]
+
+
+EXIT_USAGE = 2  # a user mistake: bad input, options or output
+
+
+def fail(message: str, *, code: int = EXIT_USAGE, as_json: bool = False) -> typer.Exit:
+    """Print `error: message` on one line (stderr; also a JSON object on stdout with
+    as_json) and return the typer.Exit to raise. The message is escaped: a path with
+    [brackets] is shown as it is, never read as rich markup."""
+    if as_json:
+        print(json.dumps({"error": message}))
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)

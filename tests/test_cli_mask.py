@@ -99,6 +99,9 @@ def test_user_mistakes_get_one_line_errors(tmp_path):
         (("mask", ALIGNED, "-o", tmp_path / "o", "--color", "blurple"), "not a colour"),
         (("mask", ALIGNED, "-o", tmp_path / "o", "--layout", "round"), "unknown crop layout"),
         (("preview", tmp_path), "holds no maskgen manifest"),
+        # rich markup in a path is shown as typed, not parsed (it used to crash or vanish)
+        (("mask", tmp_path / "in[/bold]", "-o", tmp_path / "o"), "in[/bold]"),
+        (("mask", tmp_path / "in[red]x", "-o", tmp_path / "o"), "in[red]x"),
     ]:
         result = invoke(*args)
         assert result.exit_code == 2, result.output

@@ -10,14 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-EXIT_USAGE = 2
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
+from maskgen import cli_options as opt
 
 
 class EmbeddingProgress:
@@ -73,7 +67,7 @@ def evaluate(
     from maskgen.evaluation.report import print_report, write_report
 
     if out.exists() and not out.is_dir():
-        raise _fail(f"--out {out} is a file, not a folder")
+        raise opt.fail(f"--out {out} is a file, not a folder")
     try:
         embedder = get_embedder(model, device, batch_size)
         with EmbeddingProgress(quiet) as progress:
@@ -81,9 +75,9 @@ def evaluate(
                                         on_start=progress.start)
         targets = write_report(evaluation, out)
     except (EmbedderError, EvaluationError) as exc:
-        raise _fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     except OSError as exc:
-        raise _fail(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise opt.fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:
         console = Console()
         print_report(evaluation.report, console)

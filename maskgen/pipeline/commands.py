@@ -14,7 +14,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from maskgen import cli_options as opt
 from maskgen.pipeline.generate import GenerateRequest, build_job_config
@@ -24,14 +23,7 @@ from maskgen.pipeline.plan import PlanMismatch
 from maskgen.pipeline.progress import RichReporter, SilentReporter, print_summary
 from maskgen.pipeline.runner import RunnerError
 
-EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-def _fail(message: str, as_json: bool) -> typer.Exit:
-    if as_json:
-        print(json.dumps({"error": message}))
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
+EXIT_FAILED_SHARDS, EXIT_INTERRUPTED = 1, 130  # 2: a user mistake (cli_options.fail)
 
 
 def generate(
@@ -70,7 +62,7 @@ def generate(
             image_format=image_format, quality=quality,
         )
     except ValueError as exc:
-        raise _fail(str(exc), as_json) from None
+        raise opt.fail(str(exc), as_json=as_json) from None
     request = GenerateRequest(
         input_root=in_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
         address=address, input_list=input_list, overwrite=overwrite, max_attempts=max_attempts,
@@ -85,9 +77,9 @@ def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_js
     try:
         summary = run_generate(request, RichReporter(label=label) if live else SilentReporter())
     except (InputError, PlanMismatch, RunnerError) as exc:
-        raise _fail(str(exc), as_json) from None
+        raise opt.fail(str(exc), as_json=as_json) from None
     except OSError as exc:  # OUT_DIR not writable, disk full while planning...
-        raise _fail(f"{exc.filename or request.out_dir}: {exc.strerror or exc}", as_json) from None
+        raise opt.fail(f"{exc.filename or request.out_dir}: {exc.strerror or exc}", as_json=as_json) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -111,7 +103,7 @@ def inspect(
     try:
         report = inspect_output(out_dir, examples=top)
     except FileNotFoundError as exc:
-        raise _fail(str(exc), as_json) from None
+        raise opt.fail(str(exc), as_json=as_json) from None
     if as_json:
         print(json.dumps(report, indent=1))
     else:
@@ -131,7 +123,7 @@ def run(
     try:
         stages = load_pipeline(pipeline)
     except PipelineError as exc:
-        raise _fail(str(exc), as_json) from None
+        raise opt.fail(str(exc), as_json=as_json) from None
     run_pipeline(stages, address=address, overwrite=overwrite, quiet=quiet, as_json=as_json)
 
 

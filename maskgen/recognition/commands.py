@@ -13,21 +13,17 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-EXIT_USAGE = 2
+from maskgen import cli_options as opt
+
 SMOKE_CONFIG = Path(__file__).parent / "configs" / "smoke.toml"
 NEEDS_TORCH = "the recogniser needs PyTorch: pip install 'maskgen[recognition]'"
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
-    return typer.Exit(EXIT_USAGE)
 
 
 def _require_torch() -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise _fail(NEEDS_TORCH) from None
+        raise opt.fail(NEEDS_TORCH) from None
 
 
 def train(
@@ -57,12 +53,12 @@ def train(
     from maskgen.recognition.train import train as run_training
 
     if resume and overwrite:
-        raise _fail("--resume and --overwrite exclude each other")
+        raise opt.fail("--resume and --overwrite exclude each other")
     try:
         settings = load_config(config or SMOKE_CONFIG, overrides or [])
         result = run_training(settings, resume=resume, overwrite=overwrite, console=None if quiet else Console())
     except (ConfigError, ManifestError, TrainError) as exc:
-        raise _fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return
     if result.trained == 0:
@@ -89,7 +85,7 @@ def export(
     try:
         target = export_embedder(checkpoint, out or checkpoint.with_name("embedder.pt2"))
     except TrainError as exc:
-        raise _fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     Console().print(f"embedder: {target}", highlight=False)
 
 
@@ -119,4 +115,4 @@ def bench_train(
     try:
         run_bench(model, batch_size, steps, rounds, manifest, workers, device, compile, Console())
     except (ConfigError, ManifestError, TrainError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None

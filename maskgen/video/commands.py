@@ -15,13 +15,8 @@ from rich.text import Text
 
 from maskgen import cli_options as opt
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_INTERRUPTED = 130
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 class FramesPerSecond(ProgressColumn):
@@ -63,7 +58,7 @@ def video(
         check_output(out_video, in_video)
         source = open_video(in_video)
     except (ValueError, VideoError) as exc:
-        raise _fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     try:
         with Progress(TextColumn("masking"), BarColumn(), MofNCompleteColumn(), FramesPerSecond(),
                       TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
@@ -71,11 +66,11 @@ def video(
             summary = mask_video(source, out_video, options, seed, config, side_by_side,
                                  on_frame=lambda _: progress.advance(task))
     except VideoError as exc:
-        raise _fail(str(exc)) from None
+        raise opt.fail(str(exc)) from None
     except OSError as exc:
-        raise _fail(f"cannot write {out_video}: {exc.strerror or exc}") from None
+        raise opt.fail(f"cannot write {out_video}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
-        raise _fail(f"interrupted; {out_video} was not written", EXIT_INTERRUPTED) from None
+        raise opt.fail(f"interrupted; {out_video} was not written", code=EXIT_INTERRUPTED) from None
     if not quiet:
         width, height = summary.size
         rate = summary.frames / max(summary.seconds, 1e-9)
