@@ -76,11 +76,16 @@ def test_rerun_of_a_finished_run_does_nothing(clean_run):
     assert {p: p.stat().st_mtime_ns for p in (clean_run / "manifest").iterdir()} == before
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
-    out = tmp_path / "out"
+def start_driver(out: Path) -> subprocess.Popen:
+    """`generate` of the sample faces in its own process group (so it and its Ray can be killed)."""
     cmd = [sys.executable, "-m", "maskgen.pipeline.commands", "generate", str(FACES), str(out),
            "--shard-size", "7", "--workers", "1", "--quiet"]
-    driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
+    out = tmp_path / "out"
+    driver = start_driver(out)
     try:
         deadline = time.monotonic() + 90
         while len(list((out / "stats").glob("*.json"))) < 2:
@@ -104,9 +109,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
 
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, clean_run):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "maskgen.pipeline.commands", "generate", str(FACES), str(out),
-           "--shard-size", "7", "--workers", "1", "--quiet"]
-    driver = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    driver = start_driver(out)
     try:
         while not list((out / "stats").glob("*.json")):
             assert driver.poll() is None, driver.stderr.read().decode()
