@@ -27,7 +27,7 @@ from maskgen.faces.landmarks import Landmarker, to_gray
 from maskgen.images import decode_image, encode_image, encode_mask
 from maskgen.masks.options import MaskOptions, variant_seed
 from maskgen.masks.render import render_mask
-from maskgen.pipeline.job import BATCH_SIZE
+from maskgen.pipeline.batches import BATCH_SIZE
 
 TURNS = (-6, -3, 0, 3, 6)  # degrees: each chip and its mirror image, turned in the image plane
 STAGES = ("decode", "landmarks", "fit + render", "encode")

@@ -53,7 +53,8 @@ def mask(
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
     from maskgen.pipeline.generate import build_job_config
-    from maskgen.pipeline.job import INTERNAL_ERROR, ImageJob
+    from maskgen.pipeline.batches import INTERNAL_ERROR
+    from maskgen.pipeline.job import ImageJob
     from maskgen.pipeline.local import find_images, mask_images
 
     try:

@@ -18,7 +18,8 @@ from maskgen.faces.align import align_face, five_points, template_points
 from maskgen.faces.landmarks import Face, Landmarker
 from maskgen.faces.models import model_path
 from maskgen.images import ImageError, decode_image, encode_image, output_format, write_atomic
-from maskgen.pipeline.job import OneByOne, check_relative
+from maskgen.pipeline.batches import OneByOne
+from maskgen.pipeline.job import check_relative
 from maskgen.pipeline.manifest import SCHEMA_VERSION
 
 SELECTIONS = ("largest", "central", "all")

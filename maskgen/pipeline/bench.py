@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from maskgen.pipeline.batches import OneByOne
+
 
 def make_tree(dest: Path, n_files: int, per_identity: int = 47) -> Path:
     """`n_files` symlinks to the sample faces under dest/<identity>/<image> (WebFace-like folders)."""
@@ -57,7 +59,7 @@ class RssSampler(threading.Thread):
             self.samples.append(rss_mib())
 
 
-class NullJob:
+class NullJob(OneByOne):
     """ImageJob's interface without image work: one ok row per variant, nothing written."""
 
     def __init__(self, config):
@@ -70,9 +72,6 @@ class NullJob:
             for k in range(self.config.variants)
         ]
 
-    def process_batch(self, inputs, out_root):
-        return [self.process(src, rel, out_root) for src, rel, _ in inputs]
-
 
 # -- speed -------------------------------------------------------------------------------
 
@@ -82,7 +81,8 @@ def _plain_part(args) -> tuple[float, float]:
     tree, out, config, rels, ready = args
     import cv2
 
-    from maskgen.pipeline.job import BATCH_SIZE, ImageJob
+    from maskgen.pipeline.batches import BATCH_SIZE
+    from maskgen.pipeline.job import ImageJob
 
     cv2.setNumThreads(1)
     job = ImageJob(config)

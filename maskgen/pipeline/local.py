@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
 from maskgen.pipeline.inputs import text_path
-from maskgen.pipeline.job import BATCH_SIZE, ImageJob, JobConfig, process_safely
+from maskgen.pipeline.batches import BATCH_SIZE, process_safely
+from maskgen.pipeline.job import ImageJob, JobConfig
 from maskgen.pipeline.manifest import to_table
 
 IMAGE_EXTENSIONS = frozenset(

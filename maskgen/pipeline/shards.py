@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
-from maskgen.pipeline.job import BATCH_SIZE, process_safely
+from maskgen.pipeline.batches import BATCH_SIZE, process_safely
 from maskgen.pipeline.layout import OutputLayout
 from maskgen.pipeline.manifest import SCHEMA
 from maskgen.pipeline.plan import Plan, read_inputs_slice

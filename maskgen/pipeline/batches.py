@@ -1,0 +1,48 @@
+"""How jobs run over many inputs: the batch protocol every job (ImageJob, AlignJob) follows,
+and `process_safely`, which no bug in a job can make raise. Light on imports: the driver
+and every CLI command load it, the heavy job modules load only where images are processed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+INTERNAL_ERROR = "internal error:"  # how the error of a row for a bug (not a bad image) starts
+BATCH_SIZE = 128  # inputs callers hand to process_batch at once (progress moves per batch)
+Input = tuple[Path, str, "object | None"]  # (file, path relative to the input root, known landmarks 68x2)
+
+
+def process_safely(job, inputs: list[Input], out_root: Path, n_masked: int, keep_original: bool) -> list[list[dict]]:
+    """job.process_batch that never raises. Should the batch hit a bug (bad images are rows
+    already), each input is retried alone, and only the culprit gets `internal error` rows:
+    one bug never costs a run its other images or its manifest."""
+    if not callable(getattr(job, "process_batch", None)):
+        raise TypeError(f"{type(job).__name__} has no process_batch (subclass OneByOne for a per-image job)")
+    try:
+        return job.process_batch(inputs, out_root)
+    except Exception:
+        results = []
+        for one in inputs:
+            try:
+                results += job.process_batch([one], out_root)
+            except Exception as exc:
+                results.append(bug_rows(one[1], n_masked, keep_original, exc))
+        return results
+
+
+def bug_rows(rel: str, n_masked: int, keep_original: bool, error: BaseException) -> list[dict]:
+    """Rows for an input whose job raised: the input is still accounted for."""
+    message = f"{INTERNAL_ERROR} {type(error).__name__}: {error}".splitlines()[0]
+    variants = ([("original", -1)] if keep_original else []) + [("masked", i) for i in range(n_masked)]
+    base = {"identity": rel.split("/")[0] if "/" in rel else "", "src_path": rel, "out_path": "", "mask_path": ""}
+    return [
+        {**base, "variant": variant, "variant_index": index, "face_index": 0, "status": "render_error", "error": message}
+        for variant, index in variants
+    ]
+
+
+class OneByOne:
+    """process_batch for jobs that gain nothing from batching: one input after another."""
+
+    def process_batch(self, inputs: Iterable[Input], out_root: Path) -> list[list[dict]]:
+        return [self.process(src, rel, out_root) for src, rel, _ in inputs]
