@@ -129,8 +129,9 @@ class ImageJob:
         except ValueError as err:
             return self._failed(item, "write_error", err)
         try:
-            item.data = Path(item.src).read_bytes()
-            item.image = decode_image(item.data)
+            data = Path(item.src).read_bytes()
+            item.image = decode_image(data)
+            item.data = data if self.config.keep_original else None  # held across the batch only if copied
         except OSError as err:
             self._failed(item, "decode_error", f"cannot read the file: {err.strerror or err}")
         except ImageError as err:
