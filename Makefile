@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/maskgen run pipelines/demo.toml
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 ## SphereFace on the sample faces (originals + generated masks), CPU, a few minutes

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from maskgen import cli_options as opt
-from maskgen.pipeline import commands
 from maskgen.evaluation import commands as evaluation_commands
+from maskgen.pipeline import commands
 from maskgen.recognition import commands as recognition_commands
 from maskgen.video import commands as video_commands
 
@@ -52,8 +52,8 @@ def mask(
     Writes OUT/<dir>/<stem>.<ext> (masked) and OUT/<dir>/<stem>_mask.png (occlusion, 255 =
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
-    from maskgen.pipeline.generate import build_job_config
     from maskgen.pipeline.batches import INTERNAL_ERROR
+    from maskgen.pipeline.generate import build_job_config
     from maskgen.pipeline.job import ImageJob
     from maskgen.pipeline.local import find_images, mask_images
 
@@ -221,7 +221,14 @@ def trainset(
     import json
 
     from maskgen.pipeline.runs import RunError
-    from maskgen.pipeline.trainset import TrainsetError, TrainsetOptions, build_trainset, labels_path, read_exclusions, write_trainset
+    from maskgen.pipeline.trainset import (
+        TrainsetError,
+        TrainsetOptions,
+        build_trainset,
+        labels_path,
+        read_exclusions,
+        write_trainset,
+    )
 
     labels = labels or (labels_path(out) if labels_path(out).is_file() else None)
     try:

@@ -1,4 +1,5 @@
-"""Shared fixtures: real face photos copied from ../shared/faces into tests/fixtures."""
+"""Shared fixtures: real face photos (copied from ../shared/faces into tests/fixtures and, for
+the aligned sample chips, into maskgen's own assets)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from maskgen.assets import sample_faces
+
 FIXTURES = Path(__file__).parent / "fixtures"
-ALIGNED = FIXTURES / "aligned"  # 5 identities x 11 aligned 150x150 dlib face chips
+ALIGNED = sample_faces()  # 5 identities x 11 aligned 150x150 dlib face chips
 WILD = FIXTURES / "wild"
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-FACES = Path(__file__).parent / "fixtures" / "aligned"
+from maskgen.assets import sample_faces
+
+FACES = sample_faces()
 N_FACES = 55  # 5 identities x 11
 
 

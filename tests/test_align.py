@@ -7,8 +7,8 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from conftest import WILD
+
 from maskgen.faces.align import five_points, template_points
 from maskgen.faces.landmarks import Landmarker
 from maskgen.pipeline.align_job import AlignConfig, AlignJob
@@ -91,10 +91,10 @@ def test_bad_files_are_rows(job, tmp_path):
 def test_align_command_runs_on_ray_and_names_itself(tmp_path):
     """`maskgen align` end to end on a real local Ray: every photo gets a row, and the
     progress and summary say `align`, not `generate`."""
+    from pipeline_helpers import ensure_ray
     from typer.testing import CliRunner
 
     from maskgen.cli import app
-    from pipeline_helpers import ensure_ray
 
     ensure_ray()
     raw = tmp_path / "raw"

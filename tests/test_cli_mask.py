@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ALIGNED, WILD
 from typer.testing import CliRunner
 
-from conftest import ALIGNED, WILD
 from maskgen.cli import app
 
 runner = CliRunner()

@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ALIGNED
 from typer.testing import CliRunner
 
-from conftest import ALIGNED
 from maskgen.cli import app
 from maskgen.evaluation.samples import build_sample_pairs
 from maskgen.pipeline.pairs import PAIRS_SCHEMA, write_pairs

@@ -9,8 +9,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import ALIGNED, aligned_files
+
 from maskgen.evaluation.embedders import DlibResNet, get_embedder
 from maskgen.evaluation.evaluate import evaluate_pairs
 from maskgen.evaluation.samples import build_sample_pairs

@@ -14,7 +14,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import (
-    FACES, N_FACES, assert_same_run, copy_faces, ensure_ray, invoke, kill_session, manifest, output_files,
+    FACES,
+    N_FACES,
+    assert_same_run,
+    copy_faces,
+    ensure_ray,
+    invoke,
+    kill_session,
+    manifest,
+    output_files,
 )
 
 from maskgen.pipeline.manifest import SCHEMA_VERSION

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from maskgen import images
+from maskgen.assets import sample_faces
 from maskgen.images import (
     MAX_PIXELS,
     Decoded,
@@ -31,7 +32,7 @@ from maskgen.images import (
     write_atomic,
 )
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures" / "aligned").glob("*/*.jpg"))
+FIXTURES = sorted(sample_faces().glob("*/*.jpg"))
 FACE = FIXTURES[0]
 
 

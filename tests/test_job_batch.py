@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ALIGNED
+
 from maskgen.pipeline import job as job_module
 from maskgen.pipeline.job import ImageJob, JobConfig
 from maskgen.pipeline.shards import process_entries

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from conftest import WILD, aligned_files
+
 from maskgen.faces.align import align_face, five_points
 from maskgen.faces.landmarks import Landmarker, outer_eye_distance
 from maskgen.faces.layouts import face_box, guess_layout

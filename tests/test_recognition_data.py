@@ -13,11 +13,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from maskgen.recognition.data import (  # noqa: E402
-    EpochSampler, ManifestDataset, ManifestError, fit_to, make_loader, read_manifest,
-)
-
 from conftest import aligned_files  # noqa: E402
+
+from maskgen.recognition.data import (  # noqa: E402
+    EpochSampler,
+    ManifestDataset,
+    ManifestError,
+    fit_to,
+    make_loader,
+    read_manifest,
+)
 
 
 def write_manifest(path: Path, rows: dict, num_classes: int | None = None) -> Path:

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import typer  # noqa: E402
+from conftest import ALIGNED  # noqa: E402
 from rich.console import Console  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -25,8 +26,6 @@ from maskgen.recognition.data import ManifestDataset, read_manifest  # noqa: E40
 from maskgen.recognition.export import load_backbone, load_exported  # noqa: E402
 from maskgen.recognition.samples import build_sample_manifest  # noqa: E402
 from maskgen.recognition.train import load_checkpoint, train  # noqa: E402
-
-from conftest import ALIGNED  # noqa: E402
 
 TINY = dict(model="sphereface4", num_workers=0, samples=False, tensorboard=False, seed=0)
 

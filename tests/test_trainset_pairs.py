@@ -6,9 +6,9 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import ALIGNED
 from typer.testing import CliRunner
 
-from conftest import ALIGNED
 from maskgen.cli import app
 from maskgen.pipeline.pairs import make_pairs, read_lfw_pairs, write_lfw_pairs
 from maskgen.pipeline.runs import collect_images

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import typer
+from conftest import WILD
 from typer.testing import CliRunner
 
-from conftest import WILD
 from maskgen.faces.landmarks import outer_eye_distance
 from maskgen.masks.options import MaskOptions, variant_seed
 from maskgen.video.bench import loop_fps, synthetic_clip
@@ -29,9 +29,9 @@ FACE_BOXES = {"obama.jpg": (366, 136, 624, 394), "Tom_Cruise_avp_2014_4.jpg": (7
 
 @cache
 def sprite(name: str) -> np.ndarray:
-    l, t, r, b = FACE_BOXES[name]
-    pad = (r - l) * 15 // 100
-    return cv2.imread(str(WILD / name))[t - pad : b + pad, l - pad : r + pad]
+    left, t, r, b = FACE_BOXES[name]
+    pad = (r - left) * 15 // 100
+    return cv2.imread(str(WILD / name))[t - pad : b + pad, left - pad : r + pad]
 
 
 @cache

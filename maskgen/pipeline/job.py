@@ -20,7 +20,6 @@ from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
 from maskgen.pipeline.batches import Input
 
-
 BATCH_BYTES = 32 << 20  # at most this much decoded image data is held at once
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
-from maskgen.pipeline.inputs import text_path
 from maskgen.pipeline.batches import BATCH_SIZE, process_safely
+from maskgen.pipeline.inputs import text_path
 from maskgen.pipeline.job import ImageJob, JobConfig
 from maskgen.pipeline.manifest import to_table
 

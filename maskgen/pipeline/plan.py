@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maskgen.pipeline.inputs import Entry, InputError
 from maskgen.images import write_atomic
+from maskgen.pipeline.inputs import Entry, InputError
 from maskgen.pipeline.layout import OutputLayout, remove_stale_temps, temp_sibling
 from maskgen.pipeline.manifest import SCHEMA_VERSION
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from maskgen.images import ImageError, encode_image, read_image, write_atomic
 from maskgen.pipeline.runs import Run, open_run
 

@@ -4,9 +4,10 @@ style) plus `KEY=VALUE` overrides; the resolved config is saved into every check
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from maskgen.recognition.heads import HEADS
 from maskgen.recognition.nets import UNITS
