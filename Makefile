@@ -36,16 +36,16 @@ bench: install
 	$(BIN)/maskgen bench
 
 bench-pipeline: install
-	$(BIN)/python -m maskgen.pipeline.bench speed
+	$(BIN)/python -m maskgen.bench.pipeline speed
 
 bench-train: install
 	$(BIN)/maskgen bench-train
 
 bench-evaluate: install
-	$(BIN)/python -m maskgen.evaluation.bench
+	$(BIN)/python -m maskgen.bench.evaluate
 
 bench-video: install
-	$(BIN)/python -m maskgen.video.bench
+	$(BIN)/python -m maskgen.bench.video
 
 clean:
 	rm -rf out results .pytest_cache

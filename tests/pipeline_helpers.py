@@ -1,5 +1,5 @@
-"""Shared helpers for the pipeline tests: one local Ray per test session, a typer app with the
-pipeline commands, and ways to compare two runs' outputs."""
+"""Shared helpers for the pipeline tests: one local Ray per test session, the
+real `maskgen` app, and ways to compare two runs' outputs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import typer
 
 from maskgen.assets import sample_faces
 
@@ -30,20 +29,12 @@ def ensure_ray() -> None:
         atexit.register(ray.shutdown)
 
 
-def app() -> typer.Typer:
-    from maskgen.pipeline import commands
-
-    cli = typer.Typer(add_completion=False)
-    cli.command("generate")(commands.generate)
-    cli.command("inspect")(commands.inspect)
-    cli.command("run")(commands.run)
-    return cli
-
-
 def invoke(*args: str):
     from typer.testing import CliRunner
 
-    return CliRunner().invoke(app(), [str(a) for a in args])
+    from maskgen.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def copy_faces(dest: Path) -> Path:

@@ -11,7 +11,7 @@ from conftest import WILD
 
 from maskgen.faces.align import five_points, template_points
 from maskgen.faces.landmarks import Landmarker
-from maskgen.pipeline.align_job import AlignConfig, AlignJob
+from maskgen.jobs.aligning import AlignConfig, AlignJob
 
 
 @pytest.fixture(scope="module")

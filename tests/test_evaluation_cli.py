@@ -13,8 +13,8 @@ from conftest import ALIGNED
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.evaluation.samples import build_sample_pairs
-from maskgen.pipeline.pairs import PAIRS_SCHEMA, write_pairs
+from maskgen.datasets.pair_samples import build_sample_pairs
+from maskgen.datasets.pairs import PAIRS_SCHEMA, write_pairs
 
 runner = CliRunner()
 def invoke(*args):

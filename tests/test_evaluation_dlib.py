@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import ALIGNED, aligned_files
 
+from maskgen.datasets.pair_samples import build_sample_pairs
 from maskgen.evaluation.embedders import DlibResNet, get_embedder
 from maskgen.evaluation.evaluate import evaluate_pairs
-from maskgen.evaluation.samples import build_sample_pairs
 from maskgen.faces.align import align_face, five_points
 
 WEAR_MIX = "proper:0.6,nose:0.2,chin:0.2"
@@ -94,7 +94,9 @@ def test_an_undecodable_image_is_reported_not_raised(dlib_resnet, tmp_path):
 def test_the_reference_path_never_imports_torch(tmp_path):
     code = (
         "import sys\n"
-        "from maskgen.evaluation import commands, evaluate, report, embedders, bench\n"
+        "from maskgen.cli import evaluation as commands\n"
+        "from maskgen.evaluation import evaluate, report, embedders\n"
+        "from maskgen.bench import evaluate as bench\n"
         "embedders.get_embedder('dlib-resnet')\n"
         "bench.bench_protocol(pairs=200, folds=2, dim=16)\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskgen.evaluation.bench import synthetic_pairs
+from maskgen.bench.evaluate import synthetic_pairs
 from maskgen.evaluation.evaluate import Evaluation, mean_subtraction, score_pairs
 from maskgen.evaluation.report import markdown, write_report
 

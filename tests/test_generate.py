@@ -25,7 +25,7 @@ from pipeline_helpers import (
     output_files,
 )
 
-from maskgen.pipeline.manifest import SCHEMA_VERSION
+from maskgen.schemas import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_rerun_of_a_finished_run_does_nothing(clean_run):
 
 def start_driver(out: Path) -> subprocess.Popen:
     """`generate` of the sample faces in its own process group (so it and its Ray can be killed)."""
-    cmd = [sys.executable, "-m", "maskgen.pipeline.commands", "generate", str(FACES), str(out),
+    cmd = [sys.executable, "-m", "maskgen.cli.sharded", "generate", str(FACES), str(out),
            "--shard-size", "7", "--workers", "1", "--quiet"]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -192,7 +192,7 @@ def test_changed_inputs_are_refused(tmp_path):
 
 
 def test_a_worker_that_dies_has_its_shard_retried(tmp_path, clean_run):
-    from maskgen.pipeline.generate import GenerateRequest, build_job_config, generate
+    from maskgen.pipeline.driver import GenerateRequest, build_job_config, generate
 
     out = tmp_path / "out"
     fault = {"shard": 2, "kind": "crash", "times": 1, "marker_dir": str(tmp_path / "faults")}
@@ -203,7 +203,7 @@ def test_a_worker_that_dies_has_its_shard_retried(tmp_path, clean_run):
 
 
 def test_a_shard_that_keeps_failing_is_reported_and_the_rest_completes(tmp_path, clean_run):
-    from maskgen.pipeline.generate import GenerateRequest, build_job_config, generate
+    from maskgen.pipeline.driver import GenerateRequest, build_job_config, generate
 
     out = tmp_path / "out"
     fault = {"shard": 3, "kind": "raise", "times": 99, "marker_dir": str(tmp_path / "faults")}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import ALIGNED
 
-from maskgen.pipeline import job as job_module
-from maskgen.pipeline.job import ImageJob, JobConfig
+from maskgen.jobs import masking as job_module
+from maskgen.jobs.masking import ImageJob, JobConfig
 from maskgen.pipeline.shards import process_entries
 
 
@@ -93,7 +93,7 @@ def test_a_bug_in_mask_costs_only_its_own_image(inputs, tmp_path, monkeypatch):
     """`maskgen mask`'s loop: the run completes and its manifest accounts for the culprit."""
     import pandas as pd
 
-    from maskgen.pipeline import local
+    from maskgen.jobs import local
 
     root = inputs[0][0].parents[1]
     found = local.find_images([root])
@@ -110,7 +110,7 @@ def test_a_bug_in_mask_costs_only_its_own_image(inputs, tmp_path, monkeypatch):
 
 
 def test_mask_keeps_order_and_progress_across_batches(inputs, tmp_path, monkeypatch):
-    from maskgen.pipeline import local
+    from maskgen.jobs import local
 
     monkeypatch.setattr(local, "BATCH_SIZE", 4)
     found = local.find_images([inputs[0][0].parents[1]])
@@ -123,7 +123,7 @@ def test_mask_command_exits_1_when_a_bug_hit_an_image(inputs, tmp_path, monkeypa
     from typer.testing import CliRunner
 
     from maskgen.cli import app
-    from maskgen.pipeline import local
+    from maskgen.jobs import local
 
     root = inputs[0][0].parents[1]
     bad = local.find_images([root]).images[2][1]

@@ -49,7 +49,7 @@ def test_generate_joins_a_running_cluster(tmp_path):
                 time.sleep(0.2)
         out = tmp_path / "out"
         driver = subprocess.run(
-            [sys.executable, "-m", "maskgen.pipeline.commands", "generate", str(FACES), str(out),
+            [sys.executable, "-m", "maskgen.cli.sharded", "generate", str(FACES), str(out),
              "--address", f"127.0.0.1:{port}", "--shard-size", "10", "--json"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )

@@ -8,7 +8,7 @@ import pytest
 from pipeline_helpers import FACES, N_FACES, copy_faces
 
 from maskgen.pipeline.inputs import Entry, InputError, WalkReport, read_input_list, safe_relative, walk_tree
-from maskgen.pipeline.layout import OutputLayout, remove_stale_temps_tree
+from maskgen.pipeline.paths import OutputLayout, remove_stale_temps_tree
 from maskgen.pipeline.plan import INPUTS_CHUNK_ROWS, PlanMismatch, prepare_plan, read_inputs_slice
 from maskgen.pipeline.shards import read_stats
 

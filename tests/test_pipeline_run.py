@@ -7,29 +7,30 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import typer
 from pipeline_helpers import FACES, N_FACES, ensure_ray, invoke
 
-from maskgen.pipeline.jobs import PipelineError, load_pipeline
+from maskgen.cli import app
+from maskgen.cli.pipelines import PipelineError, load_pipeline
+
+COMMANDS = typer.main.get_command(app)
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 @pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.toml")), ids=lambda p: p.name)
-def test_shipped_pipelines_load_and_build_their_generate_stage(path):
-    from maskgen.pipeline.jobs import GenerateStage
-
-    stages = {s.name: s for s in load_pipeline(path)}
-    assert "generate" in stages
-    request = GenerateStage.request(stages["generate"], address=None, overwrite=False)
-    assert request.shard_size >= 1 and request.config.variants >= 1
+def test_shipped_pipelines_load_and_every_stage_parses_as_its_command(path):
+    stages = load_pipeline(path, COMMANDS)
+    assert "generate" in [s.name for s in stages]
+    for stage in stages:
+        for table in stage.tables:  # the command's own parser takes the stage's argv
+            stage.command.make_context(stage.name, stage.argv(table, {}))
 
 
 def test_demo_reads_the_bundled_faces():
-    from maskgen.pipeline.jobs import GenerateStage
-
-    stages = {s.name: s for s in load_pipeline(PIPELINES / "demo.toml")}
-    request = GenerateStage.request(stages["generate"], None, False)
-    assert request.input_root.is_dir() and len(list(request.input_root.glob("*/*.jpg"))) == N_FACES
+    stages = {s.name: s for s in load_pipeline(PIPELINES / "demo.toml", COMMANDS)}
+    argv = stages["generate"].argv(stages["generate"].tables[0], {})
+    assert Path(argv[0]).is_dir() and len(list(Path(argv[0]).glob("*/*.jpg"))) == N_FACES
 
 
 def test_a_pipeline_file_runs(tmp_path):
@@ -61,7 +62,7 @@ def test_bad_pipeline_files_are_clear_errors(tmp_path, text, message):
     job = tmp_path / "job.toml"
     job.write_text(text)
     with pytest.raises(PipelineError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        load_pipeline(job)
+        load_pipeline(job, COMMANDS)
     result = invoke("run", job)
     assert result.exit_code == 2 and message in result.stderr
 

@@ -20,11 +20,11 @@ from conftest import ALIGNED  # noqa: E402
 from rich.console import Console  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from maskgen.datasets.training_samples import build_sample_manifest  # noqa: E402
 from maskgen.recognition import commands  # noqa: E402
 from maskgen.recognition.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from maskgen.recognition.data import ManifestDataset, read_manifest  # noqa: E402
 from maskgen.recognition.export import load_backbone, load_exported  # noqa: E402
-from maskgen.recognition.samples import build_sample_manifest  # noqa: E402
 from maskgen.recognition.train import load_checkpoint, train  # noqa: E402
 
 TINY = dict(model="sphereface4", num_workers=0, samples=False, tensorboard=False, seed=0)
@@ -154,7 +154,7 @@ def test_commands_train_refuse_to_clobber_resume_export_and_bench(faces, tmp_pat
 
 
 def test_the_cli_and_command_module_do_not_import_torch():
-    code = ("import sys, maskgen.recognition.commands, maskgen.recognition; "
+    code = ("import sys, maskgen.cli.recognition, maskgen.recognition; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -162,7 +162,7 @@ def test_the_cli_and_command_module_do_not_import_torch():
 def test_two_processes_under_torchrun_train_one_model(faces, tmp_path):
     """DDP on the CPU (gloo): each rank takes half of every batch; rank 0 logs and saves."""
     script = tmp_path / "train_entry.py"
-    script.write_text("import typer\nfrom maskgen.recognition.commands import train\ntyper.run(train)\n")
+    script.write_text("import typer\nfrom maskgen.cli.recognition import train\ntyper.run(train)\n")
     out = tmp_path / "ddp"
     sets = [f"manifest={subset(faces, tmp_path / 'm.parquet', 16)}", "samples=false", "model=sphereface4",
             "batch_size=8", "num_workers=0", "max_steps=2", "log_every=1", f"out_dir={out}", "tensorboard=false"]

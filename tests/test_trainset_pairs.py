@@ -10,8 +10,8 @@ from conftest import ALIGNED
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.pipeline.pairs import make_pairs, read_lfw_pairs, write_lfw_pairs
-from maskgen.pipeline.runs import collect_images
+from maskgen.datasets.pairs import make_pairs, read_lfw_pairs, write_lfw_pairs
+from maskgen.datasets.runs import collect_images
 
 runner = CliRunner()
 

@@ -13,10 +13,10 @@ import typer
 from conftest import WILD
 from typer.testing import CliRunner
 
+from maskgen.bench.video import loop_fps, synthetic_clip
+from maskgen.cli.video import video
 from maskgen.faces.landmarks import outer_eye_distance
 from maskgen.masks.options import MaskOptions, variant_seed
-from maskgen.video.bench import loop_fps, synthetic_clip
-from maskgen.video.commands import video
 from maskgen.video.demo import VideoError, mask_video, open_video
 from maskgen.video.masker import MAX_HELD, VideoMasker
 from maskgen.video.tracking import TrackerConfig

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
 from maskgen.pipeline.inputs import Entry, InputError
-from maskgen.pipeline.layout import OutputLayout, remove_stale_temps, temp_sibling
-from maskgen.pipeline.manifest import SCHEMA_VERSION
+from maskgen.pipeline.paths import OutputLayout, remove_stale_temps, temp_sibling
+from maskgen.schemas import SCHEMA_VERSION
 
 PLAN_FORMAT = 1
 INPUTS_CHUNK_ROWS = 4096  # row group size of inputs.parquet: bounds the planner's memory

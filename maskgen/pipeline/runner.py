@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 
-from maskgen.pipeline.layout import OutputLayout
+from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan
 from maskgen.pipeline.shards import process_shard
 
@@ -93,7 +93,7 @@ class ShardWorker:
 
     def __init__(
         self, config, plan_json: str, out_dir: str, input_root: str, board=None, fault: dict | None = None,
-        job_class: str = "maskgen.pipeline.job:ImageJob",
+        job_class: str = "maskgen.jobs.masking:ImageJob",
     ):
         try:
             import cv2

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
-from maskgen.pipeline.batches import BATCH_SIZE, process_safely
-from maskgen.pipeline.layout import OutputLayout
-from maskgen.pipeline.manifest import SCHEMA
+from maskgen.jobs.protocol import BATCH_SIZE, process_safely
+from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan, read_inputs_slice
+from maskgen.schemas import SCHEMA
 
 EXAMPLES_PER_SHARD = 5  # failure examples kept in a shard's stats (the manifest has them all)
 

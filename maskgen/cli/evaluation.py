@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from maskgen import cli_options as opt
+from maskgen.cli import options as opt
 
 
 class EmbeddingProgress:

@@ -25,9 +25,9 @@ from maskgen.assets import sample_faces
 from maskgen.faces.align import align_face, five_points
 from maskgen.faces.landmarks import Landmarker, to_gray
 from maskgen.images import decode_image, encode_image, encode_mask
+from maskgen.jobs.protocol import BATCH_SIZE
 from maskgen.masks.options import MaskOptions, variant_seed
 from maskgen.masks.render import render_mask
-from maskgen.pipeline.batches import BATCH_SIZE
 
 TURNS = (-6, -3, 0, 3, 6)  # degrees: each chip and its mirror image, turned in the image plane
 STAGES = ("decode", "landmarks", "fit + render", "encode")

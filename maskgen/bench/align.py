@@ -2,7 +2,7 @@
 wild sample photos and for 250x250 LFW-style photos, per detector setting, with the share of
 the time spent detecting.
 
-    python -m maskgen.pipeline.align_bench [--photos FOLDER]"""
+    python -m maskgen.bench.align [--photos FOLDER]"""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rich.table import Table
 
 from maskgen.assets import assets_dir
 from maskgen.faces.landmarks import Landmarker
-from maskgen.pipeline.align_job import AlignConfig, AlignJob
+from maskgen.jobs.aligning import AlignConfig, AlignJob
 
 SETTINGS = (("hog, upsample 0", "hog", 0), ("hog, upsample 1", "hog", 1), ("cnn (mmod), upsample 0", "cnn", 0))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskgen.datasets.runs import Run, open_run
 from maskgen.images import ImageError, encode_image, read_image, write_atomic
-from maskgen.pipeline.runs import Run, open_run
 
 CELL = 160  # height of each picture in the sheet
 

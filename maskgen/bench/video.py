@@ -1,6 +1,6 @@
 """Frames/s of `maskgen video` at 640x480 with one face, on one CPU core.
 
-    python -m maskgen.video.bench [--frames 150] [--save masked.mp4]
+    python -m maskgen.bench.video [--frames 150] [--save masked.mp4]
 
 The clip is synthetic and self-contained: a sample face chip from assets/ moving and
 scaling over a textured background. Reports the tracking + masking loop alone (frames in

@@ -16,9 +16,9 @@ import numpy as np
 
 from maskgen.faces.landmarks import Face, Landmarker, to_gray
 from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, output_format, write_atomic
+from maskgen.jobs.protocol import Input
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
-from maskgen.pipeline.batches import Input
 
 BATCH_BYTES = 32 << 20  # at most this much decoded image data is held at once
 

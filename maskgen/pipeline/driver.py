@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from maskgen.pipeline.inputs import InputError, WalkReport, read_input_list, walk_tree
-from maskgen.pipeline.layout import OutputLayout, remove_stale_temps, remove_stale_temps_tree
+from maskgen.pipeline.paths import OutputLayout, remove_stale_temps, remove_stale_temps_tree
 from maskgen.pipeline.plan import Plan, prepare_plan
 from maskgen.pipeline.progress import Reporter, SilentReporter
 from maskgen.pipeline.shards import read_stats
@@ -23,7 +23,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 class GenerateRequest:
     input_root: Path
     out_dir: Path
-    config: object  # maskgen.pipeline.job.JobConfig
+    config: object  # maskgen.jobs.masking.JobConfig
     shard_size: int = 1000
     workers: int | None = None  # None: one per CPU of this machine or the cluster
     address: str | None = None  # Ray cluster to join; None starts Ray locally
@@ -31,7 +31,7 @@ class GenerateRequest:
     overwrite: bool = False
     max_attempts: int = 3  # tries per shard before it is reported as failed
     fault: dict | None = None  # tests only: see runner.ShardWorker._maybe_fail
-    job_class: str = "maskgen.pipeline.job:ImageJob"  # "module:Class" built once per worker
+    job_class: str = "maskgen.jobs.masking:ImageJob"  # "module:Class" built once per worker
 
 
 @dataclass
@@ -92,8 +92,8 @@ def build_job_config(
     """A JobConfig from user-facing options; ValueError naming the option when one is wrong."""
     from maskgen.faces.landmarks import DETECTORS
     from maskgen.faces.layouts import face_box
+    from maskgen.jobs.masking import JobConfig
     from maskgen.masks.options import MaskOptions
-    from maskgen.pipeline.job import JobConfig
 
     if variants < 1:
         raise ValueError(f"--variants must be at least 1, got {variants}")

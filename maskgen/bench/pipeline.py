@@ -1,7 +1,7 @@
 """Benchmarks of the generate pipeline (not tests). Trees are made of symlinks to the sample faces.
 
-    python -m maskgen.pipeline.bench speed  [--images 5500]    images/s: plain loop vs Ray 1 and 2 workers
-    python -m maskgen.pipeline.bench memory [--files 200000]   driver peak RSS: planning, then a full run
+    python -m maskgen.bench.pipeline speed  [--images 5500]    images/s: plain loop vs Ray 1 and 2 workers
+    python -m maskgen.bench.pipeline memory [--files 200000]   driver peak RSS: planning, then a full run
 
 `speed` runs the real ImageJob. `memory` plans the tree, then runs every shard with
 `NullJob` (rows without image work), so the driver handles 200k inputs in minutes; the
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from maskgen.pipeline.batches import OneByOne
+from maskgen.jobs.protocol import OneByOne
 
 
 def make_tree(dest: Path, n_files: int, per_identity: int = 47) -> Path:
@@ -81,8 +81,8 @@ def _plain_part(args) -> tuple[float, float]:
     tree, out, config, rels, ready = args
     import cv2
 
-    from maskgen.pipeline.batches import BATCH_SIZE
-    from maskgen.pipeline.job import ImageJob
+    from maskgen.jobs.masking import ImageJob
+    from maskgen.jobs.protocol import BATCH_SIZE
 
     cv2.setNumThreads(1)
     job = ImageJob(config)
@@ -114,7 +114,7 @@ SHARD_SIZE = 100  # ~0.5 s of work per shard here: the last shards of the worker
 
 
 def ray_run(tree: Path, out: Path, config, workers: int) -> dict:
-    from maskgen.pipeline.generate import GenerateRequest, generate
+    from maskgen.pipeline.driver import GenerateRequest, generate
 
     start, cpu = time.perf_counter(), time.process_time()
     summary = generate(GenerateRequest(tree, out, config, shard_size=SHARD_SIZE, workers=workers))
@@ -151,7 +151,7 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for each 1-CPU worker
     import ray
 
-    from maskgen.pipeline.generate import build_job_config
+    from maskgen.pipeline.driver import build_job_config
 
     config = build_job_config()
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
@@ -214,9 +214,9 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
 
 def _memory_child(tree: Path, out: Path, process: bool) -> dict:
     """Runs in a fresh process so that its peak RSS is this measurement's alone."""
-    from maskgen.pipeline.generate import GenerateRequest, build_job_config, generate
+    from maskgen.pipeline.driver import GenerateRequest, build_job_config, generate
     from maskgen.pipeline.inputs import walk_tree
-    from maskgen.pipeline.layout import OutputLayout
+    from maskgen.pipeline.paths import OutputLayout
     from maskgen.pipeline.plan import prepare_plan
 
     config = build_job_config()  # imports the mask engine too
@@ -235,7 +235,7 @@ def _memory_child(tree: Path, out: Path, process: bool) -> dict:
         sampler.start()
         start = time.perf_counter()
         summary = generate(GenerateRequest(tree, out, config, shard_size=1000, workers=2,
-                                           job_class="maskgen.pipeline.bench:NullJob"))
+                                           job_class="maskgen.bench.pipeline:NullJob"))
         sampler.stopped.set()
         assert summary.complete and summary.rows == plan.n_inputs, summary
         s = sampler.samples
@@ -253,7 +253,7 @@ def memory(n_files: int, process: bool, keep: bool) -> dict:
         t = time.perf_counter()
         make_tree(work / "tree", n_files)
         print(f"made a tree of {n_files:,} symlinks in {time.perf_counter() - t:.1f} s", flush=True)
-        args = [sys.executable, "-m", "maskgen.pipeline.bench", "_memory-child", str(work / "tree"), str(work / "out")]
+        args = [sys.executable, "-m", "maskgen.bench.pipeline", "_memory-child", str(work / "tree"), str(work / "out")]
         child = subprocess.run(args + (["--process"] if process else []), capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
     finally:
@@ -270,7 +270,7 @@ def memory(n_files: int, process: bool, keep: bool) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m maskgen.pipeline.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m maskgen.bench.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     sp = sub.add_parser("speed", help="images/s: plain loop vs Ray with 1 and 2 workers")

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from maskgen import cli_options as opt
+from maskgen.cli import options as opt
 
 EXIT_INTERRUPTED = 130
 err = Console(stderr=True)

@@ -1,4 +1,4 @@
-"""`maskgen inspect OUT_DIR`: what a run produced, read shard by shard from its manifest.
+"""What a run produced (`maskgen inspect OUT_DIR`), read shard by shard from its manifest.
 
 Memory stays small: counters per column, plus the coverage column of ok rows (4 bytes a row).
 """
@@ -10,11 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from maskgen.pipeline.layout import OutputLayout
+from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import load_plan
 
 COLUMNS = ("identity", "src_path", "variant", "mask_type", "wear", "coverage", "status", "error")
@@ -97,47 +94,3 @@ def inspect_output(out_dir: Path, examples: int = 10) -> dict:
         },
         "failure_examples": failures,
     }
-
-
-def _count_table(title: str, counts: dict, total: int) -> Table:
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
-    for name, n in counts.items():
-        table.add_row(str(name), f"{n:,}", f"{n / total:.1%}" if total else "")
-    return table
-
-
-def print_report(report: dict, console: Console, top: int = 10, short: bool = False) -> None:
-    """The report as rich tables; `short` leaves out identities and failure examples."""
-    shards, inputs = report["shards"], report["inputs"]
-    planned = f" of {shards['planned']:,} planned" if shards["planned"] else ""
-    console.print(
-        f"[bold]{escape(report['out_dir'])}[/bold]: {report['rows']:,} rows for {inputs['in_manifest']:,} inputs, "
-        f"{shards['written']:,} shards{planned} (schema {report['schema_version']})", highlight=False, soft_wrap=True,
-    )
-    if shards["planned"] and shards["written"] < shards["planned"]:
-        console.print("[yellow]incomplete: some shards are missing; re-run generate to finish[/yellow]")
-    masked = sum(report["mask_type"].values())
-    console.print(_count_table("status", report["status"], report["rows"]))
-    console.print(_count_table("mask type (ok masked rows)", report["mask_type"], masked))
-    console.print(_count_table("wear (ok masked rows)", report["wear"], masked))
-    cov = report["coverage"]
-    if cov["count"]:
-        console.print(
-            f"coverage: mean {cov['mean']:.3f} ± {cov['std']:.3f}, p05 {cov['p05']:.3f}, "
-            f"median {cov['p50']:.3f}, p95 {cov['p95']:.3f} (min {cov['min']:.3f}, max {cov['max']:.3f})",
-            soft_wrap=True,
-        )
-    if short:
-        return
-    ids = report["identities"]
-    console.print(
-        f"identities: {ids['count']:,} (rows per identity: min {ids['rows_min']}, median {ids['rows_median']:g}, "
-        f"max {ids['rows_max']})",
-        soft_wrap=True,
-    )
-    for item in ids["most_failures"][:top]:
-        console.print(f"  {escape(item['identity'])}: {item['failed']} of {item['rows']} rows failed", highlight=False)
-    if report["failure_examples"]:
-        console.print("[bold]failure examples[/bold]")
-        for ex in report["failure_examples"][:top]:
-            console.print(f"  [red]{ex['status']}[/red] {escape(ex['src_path'])}: {escape(ex['error'])}", highlight=False, soft_wrap=True)

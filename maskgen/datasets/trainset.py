@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maskgen.datasets.runs import collect_images
 from maskgen.images import write_atomic
-from maskgen.pipeline.runs import collect_images
 
 # CASIA-WebFace identities that are also in LFW: drop them before testing on LFW.
 LFW_OVERLAP = ("0166921", "1056413", "1193098")

@@ -6,7 +6,7 @@
 2. the time beyond the embeddings for an LFW-size set: 6,000 pairs in 10 folds of 1024-d
    synthetic features (protocol per group, breakdowns, JSON/Markdown/PNG/Parquet written).
 
-    python -m maskgen.evaluation.bench [--model sphereface20] [--device cpu]
+    python -m maskgen.bench.evaluate [--model sphereface20] [--device cpu]
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def bench_protocol(pairs: int = 6000, folds: int = 10, dim: int = 1024) -> dict:
 
 def bench_embedding(model: str = "sphereface20", device: str = "cpu", batch_size: int = 64) -> dict:
     """The whole evaluate path on the sample faces' pairs (1 masked variant per face)."""
+    from maskgen.datasets.pair_samples import build_sample_pairs
     from maskgen.evaluation.embedders import get_embedder
-    from maskgen.evaluation.samples import build_sample_pairs
     from maskgen.recognition.embeddings import save_untrained_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="maskgen-bench-eval-") as tmp:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from maskgen.images import write_atomic
-from maskgen.pipeline.batches import BATCH_SIZE, process_safely
+from maskgen.jobs.masking import ImageJob, JobConfig
+from maskgen.jobs.protocol import BATCH_SIZE, process_safely
 from maskgen.pipeline.inputs import text_path
-from maskgen.pipeline.job import ImageJob, JobConfig
-from maskgen.pipeline.manifest import to_table
+from maskgen.schemas import to_table
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .ppm .pgm .pbm .pnm .tif .tiff .webp .gif".split()

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskgen.assets import sample_faces
+from maskgen.datasets.pairs import PAIR_TYPES, make_pairs, write_pairs
+from maskgen.datasets.runs import collect_images
+from maskgen.jobs.local import find_images, mask_images
+from maskgen.jobs.masking import JobConfig
 from maskgen.masks.options import MaskOptions
-from maskgen.pipeline.job import JobConfig
-from maskgen.pipeline.local import find_images, mask_images
-from maskgen.pipeline.pairs import PAIR_TYPES, make_pairs, write_pairs
-from maskgen.pipeline.runs import collect_images
 
 SAMPLE_FOLDS = 2  # the sample has 5 identities: identity-disjoint negatives allow 2 folds
 

@@ -18,9 +18,9 @@ from maskgen.faces.align import align_face, five_points, template_points
 from maskgen.faces.landmarks import Face, Landmarker
 from maskgen.faces.models import model_path
 from maskgen.images import ImageError, decode_image, encode_image, output_format, write_atomic
-from maskgen.pipeline.batches import OneByOne
-from maskgen.pipeline.job import check_relative
-from maskgen.pipeline.manifest import SCHEMA_VERSION
+from maskgen.jobs.masking import check_relative
+from maskgen.jobs.protocol import OneByOne
+from maskgen.schemas import SCHEMA_VERSION
 
 SELECTIONS = ("largest", "central", "all")
 ALIGN_SCHEMA = pa.schema(

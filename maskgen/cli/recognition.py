@@ -1,4 +1,4 @@
-"""Thin typer commands for the recogniser: `maskgen train`, `maskgen export`, `maskgen bench-train`.
+"""Thin typer commands for the recogniser: `maskgen train` and `maskgen export`.
 
 torch is imported inside the function bodies only, so `maskgen --help` stays light and works
 without the `recognition` extra.
@@ -13,13 +13,13 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from maskgen import cli_options as opt
+from maskgen.cli import options as opt
 
-SMOKE_CONFIG = Path(__file__).parent / "configs" / "smoke.toml"
+SMOKE_CONFIG = Path(__file__).parents[1] / "recognition" / "configs" / "smoke.toml"
 NEEDS_TORCH = "the recogniser needs PyTorch: pip install 'maskgen[recognition]'"
 
 
-def _require_torch() -> None:
+def require_torch() -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -46,7 +46,7 @@ def train(
 
     Writes OUT_DIR/checkpoint.pt (every state, for --resume), log.jsonl and config.json.
     Several GPUs: torchrun --standalone --nproc-per-node N -m maskgen.cli train --config ..."""
-    _require_torch()
+    require_torch()
     from maskgen.recognition.config import ConfigError, load_config
     from maskgen.recognition.data import ManifestError
     from maskgen.recognition.train import TrainError
@@ -78,7 +78,7 @@ def export(
     """Export the embedding network for inference (torch.export .pt2).
 
     Load with torch.export.load(path).module(). Input: RGB float 0..255, N x 3 x 112 x 96; output: N x 512."""
-    _require_torch()
+    require_torch()
     from maskgen.recognition.export import export_embedder
     from maskgen.recognition.train import TrainError
 
@@ -87,32 +87,3 @@ def export(
     except TrainError as exc:
         raise opt.fail(str(exc)) from None
     Console().print(f"embedder: {target}", highlight=False)
-
-
-def bench_train(
-    model: Annotated[str, typer.Option("--model", help="Network: sphereface4/10/20/36/64.")] = "sphereface20",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.")] = 32,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per input mode per round.")] = 2,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds of (in-memory, loader), interleaved against noise.")] = 3,
-    manifest: Annotated[Optional[Path], typer.Option(
-        "--manifest", help="Training manifest to load from. Default: the built-in sample faces (+ generated masks) "
-        "written as 96x112 JPEGs to a temporary folder.", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Loader processes (0: decode in the training loop). Default: 1 on the CPU, "
-        "min(14, CPUs - 2) with CUDA.", show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model first (CUDA).")] = False,
-) -> None:
-    """Training images/s for SphereFace-20, in-memory batches vs the real manifest loader.
-
-    Forward + backward + SGD step; the loader keeps up when it is within 10%. bf16 + channels-last on CUDA."""
-    _require_torch()
-    from maskgen.recognition.bench import bench_train as run_bench
-    from maskgen.recognition.config import ConfigError
-    from maskgen.recognition.data import ManifestError
-    from maskgen.recognition.train import TrainError
-
-    try:
-        run_bench(model, batch_size, steps, rounds, manifest, workers, device, compile, Console())
-    except (ConfigError, ManifestError, TrainError, ValueError) as exc:
-        raise opt.fail(str(exc)) from None

@@ -1,6 +1,5 @@
-"""Thin typer commands over the pipeline: parse options, call one function, print.
-
-Registered in maskgen/cli.py: `app.command("generate")(commands.generate)` and so on.
+"""The sharded, resumable commands: `maskgen generate`, `maskgen align` (both on Ray through
+maskgen.pipeline) and `maskgen inspect` (what a run produced).
 Exit codes: 0 done, 1 finished with failed shards, 2 unusable input/options/output folder,
 130 interrupted.
 """
@@ -8,19 +7,19 @@ Exit codes: 0 done, 1 finished with failed shards, 2 unusable input/options/outp
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from maskgen import cli_options as opt
-from maskgen.pipeline.generate import GenerateRequest, build_job_config
-from maskgen.pipeline.generate import generate as run_generate
+from maskgen.cli import options as opt
+from maskgen.cli.reports import RichReporter, print_inspection, print_summary
+from maskgen.pipeline.driver import GenerateRequest, build_job_config
+from maskgen.pipeline.driver import generate as run_generate
 from maskgen.pipeline.inputs import InputError
 from maskgen.pipeline.plan import PlanMismatch
-from maskgen.pipeline.progress import RichReporter, SilentReporter, print_summary
+from maskgen.pipeline.progress import SilentReporter
 from maskgen.pipeline.runner import RunnerError
 
 EXIT_FAILED_SHARDS, EXIT_INTERRUPTED = 1, 130  # 2: a user mistake (cli_options.fail)
@@ -92,13 +91,69 @@ def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_js
     return summary
 
 
+def align(
+    raw_tree: Annotated[Path, typer.Argument(help="Raw photos: <root>/<identity>/<image>.", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output: images/<identity>/<image> crops, manifest/, plan/, stats/.", show_default=False)],
+    template: Annotated[str, typer.Option("--template", help="sphereface (96x112, SphereFace/CosFace) or arcface (112x112, insightface).")] = "sphereface",
+    size: Annotated[Optional[str], typer.Option("--size", help="Crop size WxH (e.g. 192x224); the template scales with it. Default: the template's own.")] = None,
+    detector: opt.Detector = "hog",
+    upsample: opt.Upsample = None,
+    points: Annotated[int, typer.Option("--points", help="Alignment points from dlib's 68-point (default) or 5-point model (eyes from the 5-point fit).")] = 68,
+    select: Annotated[str, typer.Option("--select", help="Photos with several faces: largest, central, or all (one crop each, <stem>_f<k>).")] = "largest",
+    fallback: Annotated[bool, typer.Option("--fallback", help="Photos without a face: a centre crop, marked method=center_crop (default: a no_face row only).")] = False,
+    image_format: opt.ImageFormat = "jpg",
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality of the crops.")] = 95,
+    seed: opt.Seed = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Photos per shard: the unit of work, retry and resume.")] = 200,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start Ray on this machine.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
+    quiet: opt.Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object.")] = False,
+) -> None:
+    """Detect faces in raw photos and warp each onto a recogniser's template (resumable, Ray)."""
+    from maskgen.jobs.aligning import SELECTIONS, AlignConfig
+    from maskgen.pipeline.driver import GenerateRequest
+
+    try:
+        crop = tuple(int(v) for v in size.lower().split("x")) if size else None
+        if crop is not None and (len(crop) != 2 or min(crop) < 16):
+            raise ValueError
+    except ValueError:
+        raise opt.fail(f"--size: expected WIDTHxHEIGHT like 96x112, got {size!r}") from None
+    if select not in SELECTIONS:
+        raise opt.fail(f"--select: choose from {', '.join(SELECTIONS)}")
+    if points not in (5, 68):
+        raise opt.fail("--points: 5 or 68")
+    from maskgen.pipeline.driver import format_name
+
+    try:
+        config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
+                             format_name(image_format) or "JPEG", quality)
+    except ValueError as exc:
+        raise opt.fail(str(exc)) from None
+    try:
+        from maskgen.faces.align import template_points
+        from maskgen.images import output_format
+
+        template_points(template)
+        output_format(config.image_format)
+    except ValueError as exc:
+        raise opt.fail(str(exc)) from None
+    request = GenerateRequest(
+        input_root=raw_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
+        address=address, overwrite=overwrite, job_class="maskgen.jobs.aligning:AlignJob",
+    )
+    run_generate_request(request, quiet=quiet, as_json=as_json, label="align")
+
+
 def inspect(
     out_dir: Annotated[Path, typer.Argument(help="Output folder of a generate run.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     top: Annotated[int, typer.Option("--top", help="Rows to show for identities and failure examples.")] = 10,
 ) -> None:
     """Counts by status, mask type, wear and identity; failure examples; coverage statistics."""
-    from maskgen.pipeline.inspect import inspect_output, print_report
+    from maskgen.datasets.inspection import inspect_output
 
     try:
         report = inspect_output(out_dir, examples=top)
@@ -107,28 +162,4 @@ def inspect(
     if as_json:
         print(json.dumps(report, indent=1))
     else:
-        print_report(report, Console(), top=top)
-
-
-def run(
-    pipeline: Annotated[Path, typer.Argument(help="Pipeline file, e.g. pipelines/demo.toml.", show_default=False)],
-    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; overrides the file.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace previous outputs made with other options.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print each stage's summary as JSON (one object per line).")] = False,
-) -> None:
-    """Run every stage of a pipeline file: align, generate, trainset, pairs, train, evaluate."""
-    from maskgen.pipeline.jobs import PipelineError, load_pipeline, run_pipeline
-
-    try:
-        stages = load_pipeline(pipeline)
-    except PipelineError as exc:
-        raise opt.fail(str(exc), as_json=as_json) from None
-    run_pipeline(stages, address=address, overwrite=overwrite, quiet=quiet, as_json=as_json)
-
-
-if __name__ == "__main__":  # python -m maskgen.pipeline.commands generate ... (without cli.py)
-    _app = typer.Typer(add_completion=False, no_args_is_help=True)
-    for _name, _fn in (("generate", generate), ("inspect", inspect), ("run", run)):
-        _app.command(_name)(_fn)
-    _app(prog_name="maskgen", args=sys.argv[1:])
+        print_inspection(report, Console(), top=top)
