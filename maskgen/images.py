@@ -22,12 +22,8 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
-import itertools
-import os
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from maskgen.errors import one_line
 
 try:  # optional: same speed as cv2, but reports libjpeg's corrupt-data warnings
     import simplejpeg as _simplejpeg
@@ -51,7 +49,6 @@ __all__ = [
     "encode_mask",
     "output_format",
     "read_image",
-    "write_atomic",
 ]
 
 MAX_PIXELS: int = 40_000_000
@@ -365,45 +362,5 @@ def _imencode(ext: str, a: np.ndarray, params: list[int]) -> bytes:
     return buf.tobytes()
 
 
-# ---------------------------------------------------------------------------- writing
-
-_tmp_counter = itertools.count()
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and os.replace.
-
-    The final name holds either the old content or all of `data`, never a partial file;
-    the temp file is removed on any error. Missing folders are made. No fsync: atomic
-    against crashes of this process, not against power loss. (Plain os calls: this runs
-    twice per image, and pathlib and file objects cost more than the system calls.)
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp")
-    try:
-        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
-    except FileNotFoundError:
-        os.makedirs(folder or ".", exist_ok=True)
-        fd = os.open(tmp, _TEMP_FLAGS, 0o666)
-    try:
-        try:
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# O_EXCL: never clobber another writer's temp; mode 0o666 & umask, unlike mkstemp's 0o600
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-
-
 def _describe(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
+    return one_line(e, limit=10_000)

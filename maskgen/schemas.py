@@ -1,10 +1,32 @@
-"""The manifest schema: one row per (input image, variant), failures included."""
+"""Every Parquet contract that crosses a layer, and every `maskgen.*` metadata key.
+
+    MANIFEST_SCHEMA  a mask run's rows (`mask`, `generate`): one per input x variant [x face]
+    ALIGN_SCHEMA     an `align` run's rows: one per crop (or faceless photo)
+    INPUTS_SCHEMA    a sharded run's plan/inputs.parquet: the sorted inputs
+    TRAINING_SCHEMA  a training manifest (`trainset`, read by the trainer)
+    PAIRS_SCHEMA     verification pairs (`pairs`, read by `evaluate`)
+
+Readers take the columns they need by name, so a column may be added without breaking one;
+a change of meaning bumps SCHEMA_VERSION (part of a run's config hash)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
+
+# Parquet schema metadata keys (bytes, as pyarrow hands them back)
+SCHEMA_VERSION_KEY = "maskgen.schema_version"
+KIND_KEY = "maskgen.kind"  # "align" for align runs; absent for mask runs
+SOURCE_ROOT_KEY = "maskgen.source_root"  # the input root of a `maskgen mask` run
+CONFIG_KEY = "maskgen.config"  # a `maskgen mask` run's job config, JSON
+NUM_CLASSES_KEY = "maskgen.num_classes"  # a training manifest's class count (labels 0..C-1)
+
+
+def read_key(metadata: dict | None, key: str, default: str | None = None) -> str | None:
+    """A `maskgen.*` key from a pyarrow schema's metadata (None when absent)."""
+    value = (metadata or {}).get(key.encode())
+    return value.decode() if value is not None else default
 
 # Status values a row can carry. `ok` is the only success.
 STATUSES = (
@@ -15,7 +37,7 @@ STATUSES = (
     "write_error",  # the output could not be written
 )
 
-SCHEMA = pa.schema(
+MANIFEST_SCHEMA = pa.schema(
     [
         ("identity", pa.string()),  # first folder under the input root ("" for a loose file)
         ("src_path", pa.string()),  # input, relative to the input root, POSIX
@@ -37,10 +59,68 @@ SCHEMA = pa.schema(
         ("error", pa.string()),  # one-line message; "" when ok
         ("elapsed_ms", pa.float32()),
     ],
-    metadata={"maskgen.schema_version": SCHEMA_VERSION},
+    metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION},
 )
 
 
 def to_table(rows: list[dict]) -> pa.Table:
     """Rows (dicts with the schema's keys) as a table that carries the schema version."""
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+ALIGN_SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("src_path", pa.string()),  # the photo, relative to the input root
+        ("out_path", pa.string()),  # the aligned crop, relative to OUT/images ("" on failure)
+        ("face_index", pa.int16()),  # 0 = largest face of the photo
+        ("faces_found", pa.int16()),  # faces the detector found in the photo
+        ("method", pa.string()),  # detected | center_crop (the --fallback for faceless photos)
+        ("box", pa.list_(pa.int32(), 4)),  # detector box (left, top, right, bottom) in the photo
+        ("score", pa.float32()),  # detector confidence
+        ("points5", pa.list_(pa.float32(), 10)),  # eye centres, nose tip, mouth corners in the photo
+        ("transform", pa.list_(pa.float64(), 6)),  # 2x3 similarity: photo -> crop
+        ("template", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("elapsed_ms", pa.float32()),
+    ],
+    metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION, KIND_KEY: "align"},
+)
+
+INPUTS_SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("rel", pa.string()),  # relative to the input root, POSIX
+        ("landmarks", pa.list_(pa.float32(), 136)),  # precomputed, or null
+    ]
+)
+
+TRAINING_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),  # absolute path of the image
+        ("label", pa.int32()),  # class index, 0..num_classes-1
+        ("identity", pa.string()),
+        ("variant", pa.string()),  # original | masked
+        ("mask_type", pa.string()),
+        ("wear", pa.string()),
+        ("src_path", pa.string()),  # the source image it came from (relative to its run's input)
+    ]
+)
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("fold", pa.int16()),
+        ("pair_type", pa.string()),
+        ("same", pa.bool_()),  # same identity
+        ("path_a", pa.string()),
+        ("path_b", pa.string()),
+        ("identity_a", pa.string()),
+        ("identity_b", pa.string()),
+        ("src_a", pa.string()),  # the source photos (a masked image's original)
+        ("src_b", pa.string()),
+        ("mask_type_a", pa.string()),
+        ("mask_type_b", pa.string()),
+        ("wear_a", pa.string()),
+        ("wear_b", pa.string()),
+    ]
+)

@@ -13,8 +13,9 @@ from conftest import ALIGNED
 from typer.testing import CliRunner
 
 from maskgen.cli import app
-from maskgen.datasets.pair_samples import build_sample_pairs
-from maskgen.datasets.pairs import PAIRS_SCHEMA, write_pairs
+from maskgen.datasets.pairs import write_pairs
+from maskgen.datasets.samples import build_sample_pairs
+from maskgen.schemas import PAIRS_SCHEMA
 
 runner = CliRunner()
 def invoke(*args):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ALIGNED, aligned_files
 
-from maskgen.datasets.pair_samples import build_sample_pairs
+from maskgen.datasets.samples import build_sample_pairs
 from maskgen.evaluation.embedders import DlibResNet, get_embedder
 from maskgen.evaluation.evaluate import evaluate_pairs
 from maskgen.faces.align import align_face, five_points

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from conftest import aligned_files  # noqa: E402
 
 from maskgen.evaluation.embedders import EmbedderError, get_embedder  # noqa: E402
-from maskgen.recognition.data import fit_to  # noqa: E402
+from maskgen.faces.layouts import fit_to  # noqa: E402
 from maskgen.recognition.embeddings import save_untrained_checkpoint  # noqa: E402
 from maskgen.recognition.nets import get_model  # noqa: E402
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from maskgen import images
 from maskgen.assets import sample_faces
+from maskgen.files import write_atomic
 from maskgen.images import (
     MAX_PIXELS,
     Decoded,
@@ -29,7 +30,6 @@ from maskgen.images import (
     encode_mask,
     output_format,
     read_image,
-    write_atomic,
 )
 
 FIXTURES = sorted(sample_faces().glob("*/*.jpg"))
@@ -508,7 +508,7 @@ def test_write_atomic_disk_error_mid_write(tmp_path):
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-from maskgen.images import write_atomic
+from maskgen.files import write_atomic
 for name in ("new.jpg", "kept.jpg"):
     try:
         write_atomic({str(tmp_path)!r} + "/" + name, b"x" * 100_000)

@@ -15,11 +15,11 @@ torch = pytest.importorskip("torch")
 
 from conftest import aligned_files  # noqa: E402
 
+from maskgen.faces.layouts import fit_to  # noqa: E402
 from maskgen.recognition.data import (  # noqa: E402
     EpochSampler,
     ManifestDataset,
     ManifestError,
-    fit_to,
     make_loader,
     read_manifest,
 )

@@ -15,13 +15,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import typer  # noqa: E402
 from conftest import ALIGNED  # noqa: E402
 from rich.console import Console  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from maskgen.datasets.training_samples import build_sample_manifest  # noqa: E402
-from maskgen.recognition import commands  # noqa: E402
+from maskgen.cli import app  # noqa: E402
+from maskgen.cli.recognition import SMOKE_CONFIG  # noqa: E402
+from maskgen.datasets.samples import build_sample_manifest  # noqa: E402
 from maskgen.recognition.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from maskgen.recognition.data import ManifestDataset, read_manifest  # noqa: E402
 from maskgen.recognition.export import load_backbone, load_exported  # noqa: E402
@@ -111,8 +111,8 @@ def test_exported_embedder_matches_the_eager_model(faces, tmp_path):
 
 
 def test_config_files_load_and_overrides_are_checked():
-    smoke = load_config(commands.SMOKE_CONFIG)
-    casia = load_config(commands.SMOKE_CONFIG.with_name("casia_sphereface20.toml"))
+    smoke = load_config(SMOKE_CONFIG)
+    casia = load_config(SMOKE_CONFIG.with_name("casia_sphereface20.toml"))
     assert smoke.model == "sphereface4" and smoke.samples
     assert (casia.model, casia.head, casia.m, casia.lr, casia.lr_steps, casia.max_steps) == (
         "sphereface20", "asoftmax", 4, 0.1, [16000, 24000], 28000)
@@ -125,10 +125,7 @@ def test_config_files_load_and_overrides_are_checked():
 
 
 def test_commands_train_refuse_to_clobber_resume_export_and_bench(faces, tmp_path):
-    app = typer.Typer()
-    for name, fn in (("train", commands.train), ("export", commands.export), ("bench-train", commands.bench_train)):
-        app.command(name)(fn)
-    runner = CliRunner()
+    runner = CliRunner()  # the real maskgen app
     manifest = subset(faces, tmp_path / "m.parquet", 12)
     args = ["train", "--quiet", "--set", f"manifest={manifest}", "--set", f"out_dir={tmp_path / 'run'}",
             "--set", "batch_size=4", "--set", "num_workers=0", "--set", "samples=false", "--set", "max_steps=2"]

@@ -69,7 +69,7 @@ def bench_protocol(pairs: int = 6000, folds: int = 10, dim: int = 1024) -> dict:
 
 def bench_embedding(model: str = "sphereface20", device: str = "cpu", batch_size: int = 64) -> dict:
     """The whole evaluate path on the sample faces' pairs (1 masked variant per face)."""
-    from maskgen.datasets.pair_samples import build_sample_pairs
+    from maskgen.datasets.samples import build_sample_pairs
     from maskgen.evaluation.embedders import get_embedder
     from maskgen.recognition.embeddings import save_untrained_checkpoint
 

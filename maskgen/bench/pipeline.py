@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from maskgen.jobs.protocol import OneByOne
+from maskgen.schemas import MANIFEST_SCHEMA
 
 
 def make_tree(dest: Path, n_files: int, per_identity: int = 47) -> Path:
@@ -61,6 +62,8 @@ class RssSampler(threading.Thread):
 
 class NullJob(OneByOne):
     """ImageJob's interface without image work: one ok row per variant, nothing written."""
+
+    schema = MANIFEST_SCHEMA
 
     def __init__(self, config):
         self.config = config

@@ -48,7 +48,7 @@ def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 
     """Images/s of both modes; `steps` timed steps per mode per round, after one warm-up step each."""
     with tempfile.TemporaryDirectory(prefix="maskgen-bench-") as tmp:
         if manifest is None:
-            from maskgen.datasets.training_samples import build_sample_manifest
+            from maskgen.datasets.samples import build_sample_manifest
 
             manifest = build_sample_manifest(Path(tmp) / "manifest.parquet")
         return _run(model, batch_size, steps, rounds, Path(manifest), workers, device, compile, console)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import load_plan
+from maskgen.schemas import SCHEMA_VERSION_KEY, read_key
 
 COLUMNS = ("identity", "src_path", "variant", "mask_type", "wear", "coverage", "status", "error")
 
@@ -46,8 +47,7 @@ def inspect_output(out_dir: Path, examples: int = 10) -> dict:
     schema_version = None
     for path in files:
         pf = pq.ParquetFile(path)
-        meta = pf.schema_arrow.metadata or {}
-        schema_version = schema_version or meta.get(b"maskgen.schema_version", b"?").decode()
+        schema_version = schema_version or read_key(pf.schema_arrow.metadata, SCHEMA_VERSION_KEY, "?")
         cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
         df = pf.read(columns=cols).to_pandas()
         rows += len(df)

@@ -8,37 +8,19 @@ in the same form, so LFW, MFR2-style and private sets are handled alike."""
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from maskgen.images import write_atomic
+from maskgen.files import write_atomic, write_parquet
+from maskgen.schemas import PAIRS_SCHEMA
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 _KINDS = {"masked": "masked", "unmasked": "original"}
 
-PAIRS_SCHEMA = pa.schema(
-    [
-        ("fold", pa.int16()),
-        ("pair_type", pa.string()),
-        ("same", pa.bool_()),  # same identity
-        ("path_a", pa.string()),
-        ("path_b", pa.string()),
-        ("identity_a", pa.string()),
-        ("identity_b", pa.string()),
-        ("src_a", pa.string()),  # the source photos (a masked image's original)
-        ("src_b", pa.string()),
-        ("mask_type_a", pa.string()),
-        ("mask_type_b", pa.string()),
-        ("wear_a", pa.string()),
-        ("wear_b", pa.string()),
-    ]
-)
 
 
 class PairsError(ValueError):
@@ -156,9 +138,7 @@ def make_pairs(
 
 
 def write_pairs(pairs: pd.DataFrame, target: Path) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), buffer)
-    write_atomic(target, buffer.getvalue())
+    write_parquet(target, pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False))
 
 
 # -- LFW pairs.txt -------------------------------------------------------------------------

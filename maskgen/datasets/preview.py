@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from maskgen.datasets.runs import Run, open_run
-from maskgen.images import ImageError, encode_image, read_image, write_atomic
+from maskgen.files import write_atomic
+from maskgen.images import ImageError, encode_image, read_image
 
 CELL = 160  # height of each picture in the sheet
 

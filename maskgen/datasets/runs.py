@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from maskgen.schemas import SOURCE_ROOT_KEY, read_key
+
 
 class RunError(ValueError):
     """Not a maskgen run; the message says what was expected."""
@@ -34,8 +36,8 @@ class Run:
 
 
 def _metadata_source(file: Path) -> Path | None:
-    source = (pq.read_schema(file).metadata or {}).get(b"maskgen.source_root")
-    return Path(source.decode()) if source else None
+    source = read_key(pq.read_schema(file).metadata, SOURCE_ROOT_KEY)
+    return Path(source) if source else None
 
 
 def open_run(path: Path) -> Run:

@@ -7,7 +7,6 @@ label file, existing identities keep their numbers and new ones are appended."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,25 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from maskgen.datasets.runs import collect_images
-from maskgen.images import write_atomic
+from maskgen.files import write_atomic, write_parquet
+from maskgen.schemas import NUM_CLASSES_KEY, TRAINING_SCHEMA
 
 # CASIA-WebFace identities that are also in LFW: drop them before testing on LFW.
 LFW_OVERLAP = ("0166921", "1056413", "1193098")
 
-TRAIN_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),  # absolute path of the image
-        ("label", pa.int32()),  # class index, 0..num_classes-1
-        ("identity", pa.string()),
-        ("variant", pa.string()),  # original | masked
-        ("mask_type", pa.string()),
-        ("wear", pa.string()),
-        ("src_path", pa.string()),  # the source image it came from (relative to its run's input)
-    ]
-)
 
 
 class TrainsetError(ValueError):
@@ -136,11 +124,8 @@ def write_trainset(rows: pd.DataFrame, holdout: pd.DataFrame, labels: dict, targ
     for frame, path in ((rows, target), (holdout, target.with_name(target.stem + ".holdout.parquet"))):
         if path != target and frame.empty:
             continue
-        table = pa.Table.from_pandas(frame.assign(label=frame.get("label", -1)), schema=TRAIN_SCHEMA, preserve_index=False)
-        table = table.replace_schema_metadata({"maskgen.num_classes": str(num_classes)})
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        write_atomic(path, buffer.getvalue())
+        table = pa.Table.from_pandas(frame.assign(label=frame.get("label", -1)), schema=TRAINING_SCHEMA, preserve_index=False)
+        write_parquet(path, table.replace_schema_metadata({}), {NUM_CLASSES_KEY: num_classes})
     write_atomic(labels_path(target), json.dumps(labels, indent=1).encode())
 
 

@@ -10,10 +10,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from maskgen.evaluation.evaluate import ALL_PAIRS, Evaluation
 from maskgen.evaluation.metrics import FARS
-from maskgen.images import write_atomic
+from maskgen.files import write_atomic, write_parquet
 
 JSON_NAME, MARKDOWN_NAME, ROC_NAME, SCORES_NAME = "report.json", "report.md", "roc.png", "scores.parquet"
 BASELINE = "unmasked-unmasked"  # the breakdown's accuracy drop is measured against it
@@ -178,9 +179,7 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     write_atomic(targets[JSON_NAME], (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
     write_atomic(targets[MARKDOWN_NAME], markdown(report).encode())
     write_atomic(targets[ROC_NAME], roc_png(evaluation))
-    buffer = io.BytesIO()
-    evaluation.scores.to_parquet(buffer, index=False)
-    write_atomic(targets[SCORES_NAME], buffer.getvalue())
+    write_parquet(targets[SCORES_NAME], pa.Table.from_pandas(evaluation.scores, preserve_index=False))
     return targets
 
 

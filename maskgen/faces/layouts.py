@@ -7,6 +7,11 @@ and ArcFace templates)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy and cv2 load only when a crop is fitted: the CLI's --help reads LAYOUTS
+    import numpy as np
+
 # The 5-point alignment templates (eye centres, nose tip, mouth corners), in pixels.
 SPHEREFACE_96x112 = (
     (30.2946, 51.6963),
@@ -44,3 +49,22 @@ def face_box(width: int, height: int, layout: str = "auto") -> tuple[int, int, i
     except KeyError:
         raise ValueError(f"unknown crop layout {layout!r} (choose from {', '.join(LAYOUTS)})") from None
     return round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)
+
+
+def fit_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop to the target aspect ratio, then resize. Aligned crops of another size
+    keep their geometry: a 112x112 ArcFace-template crop becomes exactly the 96x112
+    SphereFace crop (the templates differ by an 8 px shift in x)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    if w * height > h * width:  # too wide
+        crop = round(h * width / height)
+        image = image[:, (w - crop) // 2:(w - crop) // 2 + crop]
+    elif w * height < h * width:  # too tall
+        crop = round(w * height / width)
+        image = image[(h - crop) // 2:(h - crop) // 2 + crop]
+    shrinking = image.shape[0] > height
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

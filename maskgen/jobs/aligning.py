@@ -12,36 +12,17 @@ from pathlib import Path, PurePosixPath
 import cv2
 import dlib
 import numpy as np
-import pyarrow as pa
 
 from maskgen.faces.align import align_face, five_points, template_points
 from maskgen.faces.landmarks import Face, Landmarker
 from maskgen.faces.models import model_path
-from maskgen.images import ImageError, decode_image, encode_image, output_format, write_atomic
+from maskgen.files import write_atomic
+from maskgen.images import ImageError, decode_image, encode_image, output_format
 from maskgen.jobs.masking import check_relative
 from maskgen.jobs.protocol import OneByOne
-from maskgen.schemas import SCHEMA_VERSION
+from maskgen.schemas import ALIGN_SCHEMA
 
 SELECTIONS = ("largest", "central", "all")
-ALIGN_SCHEMA = pa.schema(
-    [
-        ("identity", pa.string()),
-        ("src_path", pa.string()),  # the photo, relative to the input root
-        ("out_path", pa.string()),  # the aligned crop, relative to OUT/images ("" on failure)
-        ("face_index", pa.int16()),  # 0 = largest face of the photo
-        ("faces_found", pa.int16()),  # faces the detector found in the photo
-        ("method", pa.string()),  # detected | center_crop (the --fallback for faceless photos)
-        ("box", pa.list_(pa.int32(), 4)),  # detector box (left, top, right, bottom) in the photo
-        ("score", pa.float32()),  # detector confidence
-        ("points5", pa.list_(pa.float32(), 10)),  # eye centres, nose tip, mouth corners in the photo
-        ("transform", pa.list_(pa.float64(), 6)),  # 2x3 similarity: photo -> crop
-        ("template", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("elapsed_ms", pa.float32()),
-    ],
-    metadata={"maskgen.schema_version": SCHEMA_VERSION, "maskgen.kind": "align"},
-)
 
 
 @dataclass(frozen=True)

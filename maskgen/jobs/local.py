@@ -5,7 +5,6 @@ Outputs mirror the inputs under the output folder; `manifest.parquet` holds a ro
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
@@ -13,13 +12,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from maskgen.images import write_atomic
+from maskgen.files import write_parquet
 from maskgen.jobs.masking import ImageJob, JobConfig
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
 from maskgen.pipeline.inputs import text_path
-from maskgen.schemas import to_table
+from maskgen.schemas import CONFIG_KEY, SOURCE_ROOT_KEY, to_table
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .ppm .pgm .pbm .pnm .tif .tiff .webp .gif".split()
@@ -85,10 +82,5 @@ def mask_images(
 
 
 def write_manifest(rows: list[dict], path: Path, source_root: Path, config: JobConfig) -> None:
-    table = to_table(rows)
-    meta = dict(table.schema.metadata or {})
-    meta[b"maskgen.source_root"] = str(source_root).encode()
-    meta[b"maskgen.config"] = json.dumps(config.__dict__, default=str).encode()
-    buffer = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(meta), buffer)
-    write_atomic(path, buffer.getvalue())
+    metadata = {SOURCE_ROOT_KEY: source_root, CONFIG_KEY: json.dumps(config.__dict__, default=str)}
+    write_parquet(path, to_table(rows), metadata)

@@ -15,10 +15,12 @@ import cv2
 import numpy as np
 
 from maskgen.faces.landmarks import Face, Landmarker, to_gray
-from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, output_format, write_atomic
+from maskgen.files import write_atomic
+from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, output_format
 from maskgen.jobs.protocol import Input
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
+from maskgen.schemas import MANIFEST_SCHEMA
 
 BATCH_BYTES = 32 << 20  # at most this much decoded image data is held at once
 
@@ -78,6 +80,8 @@ class _Item:
 
 
 class ImageJob:
+    schema = MANIFEST_SCHEMA  # the manifest a run of this job writes
+
     def __init__(self, config: JobConfig):
         self.config = config
         self.options = MaskOptions.from_dict(config.mask) if config.mask else MaskOptions()

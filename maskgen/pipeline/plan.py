@@ -19,21 +19,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maskgen.images import write_atomic
+from maskgen.files import open_atomic, write_atomic
 from maskgen.pipeline.inputs import Entry, InputError
 from maskgen.pipeline.paths import OutputLayout, remove_stale_temps, temp_sibling
-from maskgen.schemas import SCHEMA_VERSION
+from maskgen.schemas import INPUTS_SCHEMA, SCHEMA_VERSION
 
 PLAN_FORMAT = 1
 INPUTS_CHUNK_ROWS = 4096  # row group size of inputs.parquet: bounds the planner's memory
 
-INPUTS_SCHEMA = pa.schema(
-    [
-        ("identity", pa.string()),
-        ("rel", pa.string()),  # relative to the input root, POSIX
-        ("landmarks", pa.list_(pa.float32(), 136)),  # precomputed, or null
-    ]
-)
 
 
 class PlanMismatch(RuntimeError):
@@ -112,7 +105,7 @@ def write_inputs(entries: Iterable[Entry], path: Path) -> tuple[int, str, bool]:
     """Stream `entries` into a Parquet file in fixed chunks; return (count, fingerprint, any landmarks)."""
     hasher = hashlib.sha256()
     count, has_landmarks, chunk = 0, False, []
-    with pq.ParquetWriter(path, INPUTS_SCHEMA) as writer:
+    with open_atomic(path) as file, pq.ParquetWriter(file, INPUTS_SCHEMA) as writer:
         for entry in entries:
             _fingerprint_update(hasher, entry)
             has_landmarks = has_landmarks or entry.landmarks is not None

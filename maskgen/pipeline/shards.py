@@ -6,7 +6,6 @@ Runs inside a Ray actor, but nothing here knows about Ray.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -16,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from maskgen.images import write_atomic
+from maskgen.files import write_atomic, write_parquet
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
 from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan, read_inputs_slice
-from maskgen.schemas import SCHEMA
 
 EXAMPLES_PER_SHARD = 5  # failure examples kept in a shard's stats (the manifest has them all)
 
@@ -38,12 +35,6 @@ def process_entries(job, entries: list[dict], input_root: Path, images_root: Pat
             row["identity"] = entry["identity"]  # an input list's identity column wins over the folder name
         rows.sort(key=lambda r: (r.get("variant_index", 0), r.get("face_index") or 0))
     return results
-
-
-def write_manifest(rows: list[dict], path: Path, schema: pa.Schema = SCHEMA) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
-    write_atomic(path, buffer.getvalue())
 
 
 def process_shard(
@@ -77,7 +68,7 @@ def process_shard(
             done += 1
             if on_progress:
                 on_progress(done, failed_rows)
-    write_manifest(rows, layout.manifest_path(index, plan.n_shards), getattr(job, "schema", SCHEMA))
+    write_parquet(layout.manifest_path(index, plan.n_shards), pa.Table.from_pylist(rows, schema=job.schema))
     stats = {
         "shard": index,
         "inputs": len(entries),

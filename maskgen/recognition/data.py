@@ -26,32 +26,16 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from maskgen.faces.layouts import fit_to
 from maskgen.images import ImageError, decode_image
+from maskgen.schemas import NUM_CLASSES_KEY, read_key
 
-NUM_CLASSES_KEY = b"maskgen.num_classes"
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 PREFETCH = 4  # batches each loader worker keeps ready
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be trained on; the message says why."""
-
-
-def fit_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Centre-crop to the target aspect ratio, then resize. Aligned crops of another size
-    keep their geometry: a 112x112 ArcFace-template crop becomes exactly the 96x112
-    SphereFace crop (the templates differ by an 8 px shift in x)."""
-    h, w = image.shape[:2]
-    if (h, w) == (height, width):
-        return image
-    if w * height > h * width:  # too wide
-        crop = round(h * width / height)
-        image = image[:, (w - crop) // 2:(w - crop) // 2 + crop]
-    elif w * height < h * width:  # too tall
-        crop = round(w * height / width)
-        image = image[(h - crop) // 2:(h - crop) // 2 + crop]
-    shrinking = image.shape[0] > height
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def manifest_files(manifest: Path) -> list[Path]:
@@ -89,8 +73,8 @@ def read_manifest(manifest: str | Path, image_root: str | Path = "") -> Manifest
         labels.append(table.column("label").to_numpy(zero_copy_only=False))
         if "variant" in columns:
             masked += sum(v == "masked" for v in table.column("variant").to_pylist())
-        if schema.metadata and NUM_CLASSES_KEY in schema.metadata:
-            declared.append(int(schema.metadata[NUM_CLASSES_KEY]))
+        if read_key(schema.metadata, NUM_CLASSES_KEY) is not None:
+            declared.append(int(read_key(schema.metadata, NUM_CLASSES_KEY)))
     labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
     if len(labels) == 0:
         raise ManifestError(f"{manifest}: no rows")

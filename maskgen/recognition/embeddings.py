@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskgen.faces.layouts import fit_to
 from maskgen.images import ImageError, read_image
-from maskgen.recognition.data import fit_to
 from maskgen.recognition.nets import UNITS, get_model
 from maskgen.recognition.train import TrainError, load_checkpoint
 

@@ -293,7 +293,7 @@ def open_manifest(config: TrainConfig, dist: Dist, console):
         raise TrainError("no manifest: set `manifest` in the config or --set manifest=PATH")
     path = Path(config.manifest)
     if config.samples and not path.exists() and dist.main:
-        from maskgen.datasets.training_samples import build_sample_manifest
+        from maskgen.datasets.samples import build_sample_manifest
 
         if console:
             console.print(f"building {path} from the built-in sample faces (with generated masks)")

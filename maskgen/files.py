@@ -1,0 +1,72 @@
+"""Every file maskgen writes goes through here: written under a temporary name in the same
+folder, then renamed, so a final name holds either the old content or all of the new one,
+never a partial file. No fsync: atomic against crashes of this process, not power loss."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+# O_EXCL: never clobber another writer's temp; mode 0o666 & umask, unlike mkstemp's 0o600
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+_tmp_counter = itertools.count()
+
+
+def _open_temp(path: str) -> tuple[int, str]:
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp")
+    try:
+        return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+    except FileNotFoundError:
+        os.makedirs(folder or ".", exist_ok=True)
+        return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically; missing folders are made, the temp file is removed
+    on any error. (Plain os calls: this runs twice per image, and file objects cost more.)"""
+    fd, tmp = _open_temp(os.fspath(path))
+    try:
+        try:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through (torch.save, pyarrow), renamed into place when
+    the block ends without an error and removed when it raises."""
+    fd, tmp = _open_temp(os.fspath(path))
+    try:
+        with os.fdopen(fd, "wb") as file:
+            yield file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_parquet(path: str | Path, table, metadata: dict[str, str] | None = None) -> None:
+    """A pyarrow table as one Parquet file, atomically; `metadata` adds `maskgen.*` keys
+    (maskgen.schemas) to what the table's schema carries."""
+    import pyarrow.parquet as pq
+
+    if metadata:
+        merged = dict(table.schema.metadata or {}) | {k.encode(): str(v).encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata(merged)
+    with open_atomic(path) as file:
+        pq.write_table(table, file)
