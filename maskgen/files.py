@@ -1,4 +1,4 @@
-"""Every file maskgen writes goes through here: written under a temporary name in the same
+"""Every file maskgen writes goes through here (and file names it cannot store are refused here): written under a temporary name in the same
 folder, then renamed, so a final name holds either the old content or all of the new one,
 never a partial file. No fsync: atomic against crashes of this process, not power loss."""
 
@@ -70,3 +70,19 @@ def write_parquet(path: str | Path, table, metadata: dict[str, str] | None = Non
         table = table.replace_schema_metadata(merged)
     with open_atomic(path) as file:
         pq.write_table(table, file)
+
+
+class InputError(ValueError):
+    """The input cannot be planned as given (layout, unsafe path, unreadable list)."""
+
+
+def text_path(rel: str) -> str:
+    """`rel` if it is valid text; else InputError. A file name that is not UTF-8 (os gives it
+    as surrogates) cannot be written into a Parquet manifest, so it is refused up front,
+    before any work is done, rather than crashing a batch half-way."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"file name is not valid UTF-8: '{shown}'; rename it (e.g. with convmv)") from None
+    return rel

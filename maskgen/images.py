@@ -363,4 +363,17 @@ def _imencode(ext: str, a: np.ndarray, params: list[int]) -> bytes:
 
 
 def _describe(e: BaseException) -> str:
-    return one_line(e, limit=10_000)
+    return one_line(e, limit=10_000, joined=True)
+
+
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")  # what maskgen writes
+
+
+def format_name(value: str | None) -> str | None:
+    """`jpg`, `.PNG`, `same`... -> the canonical name ImageJob takes (JPEG, PNG, WEBP), None = the input's."""
+    if value is None or value.lower() in ("", "same"):
+        return None
+    name = value.upper().lstrip(".").replace("JPG", "JPEG")
+    if name not in IMAGE_FORMATS:
+        raise ValueError(f"--format: unknown format {value!r} (choose from same, jpg, png, webp)")
+    return name

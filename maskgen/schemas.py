@@ -23,6 +23,11 @@ CONFIG_KEY = "maskgen.config"  # a `maskgen mask` run's job config, JSON
 NUM_CLASSES_KEY = "maskgen.num_classes"  # a training manifest's class count (labels 0..C-1)
 
 
+def identity_of(rel: str) -> str:
+    """A row's `identity`: the first folder of its path under the input root ("" for a loose file)."""
+    return rel.split("/", 1)[0] if "/" in rel else ""
+
+
 def read_key(metadata: dict | None, key: str, default: str | None = None) -> str | None:
     """A `maskgen.*` key from a pyarrow schema's metadata (None when absent)."""
     value = (metadata or {}).get(key.encode())

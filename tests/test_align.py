@@ -108,3 +108,14 @@ def test_align_command_runs_on_ray_and_names_itself(tmp_path):
 
     rows = pd.read_parquet(tmp_path / "out" / "manifest")
     assert sorted(zip(rows.identity, rows.status)) == [("cruise", "ok"), ("dogs", "no_face"), ("obama", "ok")]
+
+
+def test_align_help_describes_align_own_options():
+    from typer.testing import CliRunner
+
+    from maskgen.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["align", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "--detector" in text and "--upsample" in text
+    assert "--wild" not in text  # align has no --wild: its detector options are its own
+    assert "the input's own" not in text  # --format defaults to jpg, and says so

@@ -9,7 +9,7 @@ from pipeline_helpers import FACES, N_FACES, copy_faces
 
 from maskgen.pipeline.inputs import Entry, InputError, WalkReport, read_input_list, safe_relative, walk_tree
 from maskgen.pipeline.paths import OutputLayout, remove_stale_temps_tree
-from maskgen.pipeline.plan import INPUTS_CHUNK_ROWS, PlanMismatch, prepare_plan, read_inputs_slice
+from maskgen.pipeline.plan import INPUTS_CHUNK_ROWS, PlanMismatch, auto_shard_size, prepare_plan, read_inputs_slice
 from maskgen.pipeline.shards import read_stats
 
 
@@ -181,3 +181,14 @@ def test_a_file_name_that_is_not_utf8_is_refused_while_planning(tmp_path):
     (tmp_path / "id1" / "caf\udce9.jpg").write_bytes(b"x")  # the byte 0xE9 alone, as os gives it
     with pytest.raises(InputError, match=r"not valid UTF-8: 'id1/caf\\xe9.jpg'"):
         list(walk_tree(tmp_path))
+
+
+def test_the_default_shard_size_gives_every_worker_work_and_a_resume_keeps_its_own(tmp_path):
+    assert auto_shard_size(55, workers=2, cap=1000) == 14  # 4 shards for 2 workers, not 1 shard of 1000
+    assert auto_shard_size(494_414, workers=2, cap=1000) == 1000
+    assert auto_shard_size(3, workers=8, cap=1000) == 1
+    layout = OutputLayout(tmp_path / "out")
+    plan, _ = prepare_plan(layout, entries(55), config={"seed": 0}, shard_size=None, input_root=tmp_path, workers_hint=2)
+    assert plan.n_shards == 4
+    again, outcome = prepare_plan(layout, entries(55), config={"seed": 0}, shard_size=None, input_root=tmp_path, workers_hint=16)
+    assert outcome == "resumed" and again.shard_size == plan.shard_size  # the planned shards stay, whatever the workers

@@ -22,10 +22,11 @@ from typer.testing import CliRunner  # noqa: E402
 from maskgen.cli import app  # noqa: E402
 from maskgen.cli.recognition import SMOKE_CONFIG  # noqa: E402
 from maskgen.datasets.samples import build_sample_manifest  # noqa: E402
+from maskgen.recognition.checkpoints import load_backbone, load_checkpoint  # noqa: E402
 from maskgen.recognition.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from maskgen.recognition.data import ManifestDataset, read_manifest  # noqa: E402
-from maskgen.recognition.export import load_backbone, load_exported  # noqa: E402
-from maskgen.recognition.train import load_checkpoint, train  # noqa: E402
+from maskgen.recognition.export import load_exported  # noqa: E402
+from maskgen.recognition.train import train  # noqa: E402
 
 TINY = dict(model="sphereface4", num_workers=0, samples=False, tensorboard=False, seed=0)
 

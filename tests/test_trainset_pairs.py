@@ -80,6 +80,7 @@ def test_pairs_balanced_and_identity_disjoint(masked_run, tmp_path):
 def test_pairs_that_cannot_be_balanced_say_why(masked_run, tmp_path):
     result = invoke("pairs", masked_run, "-o", tmp_path / "p.parquet")  # 5 identities, 10 folds
     assert result.exit_code == 2 and "cannot fill 10 identity-disjoint folds" in result.output
+    assert "the most that works is --folds 2" in " ".join(result.output.split())  # 5 identities: 2 folds
     result = invoke("pairs", masked_run, "-o", tmp_path / "p.parquet", "--folds", 2, "--per-fold", 100000)
     assert result.exit_code == 2 and "cannot balance" in result.output
 

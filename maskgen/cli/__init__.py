@@ -36,6 +36,3 @@ COMMANDS = {  # --help lists them in this order: the order of the workflow
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -44,11 +44,12 @@ def bench_train(
     Forward + backward + SGD step; the loader keeps up when it is within 10%. bf16 + channels-last on CUDA."""
     require_torch()
     from maskgen.bench.train import bench_train as run_bench
+    from maskgen.recognition.checkpoints import CheckpointError
     from maskgen.recognition.config import ConfigError
     from maskgen.recognition.data import ManifestError
     from maskgen.recognition.train import TrainError
 
     try:
         run_bench(model, batch_size, steps, rounds, manifest, workers, device, compile, Console())
-    except (ConfigError, ManifestError, TrainError, ValueError) as exc:
+    except (ConfigError, ManifestError, TrainError, CheckpointError, ValueError) as exc:
         raise opt.fail(str(exc)) from None

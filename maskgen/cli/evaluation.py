@@ -64,7 +64,7 @@ def evaluate(
     Mean ± std over folds, ROC/AUC, EER, TAR@FAR, per pair type, mask type and wear."""
     from maskgen.evaluation.embedders import EmbedderError, get_embedder
     from maskgen.evaluation.evaluate import EvaluationError, evaluate_pairs
-    from maskgen.evaluation.report import print_report, write_report
+    from maskgen.evaluation.report import write_report
 
     if out.exists() and not out.is_dir():
         raise opt.fail(f"--out {out} is a file, not a folder")
@@ -84,3 +84,25 @@ def evaluate(
         timing = evaluation.timing
         console.print(f"{timing['images']} images embedded in {timing['embedding_s']:.1f} s, protocol {timing['protocol_s']:.2f} s; "
                       f"report: {targets['report.md']}", highlight=False)
+
+
+def rich_table(title: str, header: list[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_report(report: dict, console) -> None:
+    from maskgen.evaluation.report import BREAKDOWN_HEADER, GROUP_HEADER, breakdown_rows, group_rows, json_ready, notes
+
+    report = json_ready(report)
+    console.print(rich_table(f"{report['model']['model']} on {report['pairs']['file']}", GROUP_HEADER, group_rows(report)))
+    if report["breakdown"] or len(report["groups"]) > 1:
+        console.print(rich_table("by mask type and wear", BREAKDOWN_HEADER, breakdown_rows(report)))
+    for note in notes(report):
+        console.print(f"[dim]{note}[/dim]", highlight=False)

@@ -42,9 +42,8 @@ def mask(
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
     from maskgen.jobs.local import find_images, mask_images
-    from maskgen.jobs.masking import ImageJob
+    from maskgen.jobs.masking import ImageJob, build_job_config
     from maskgen.jobs.protocol import INTERNAL_ERROR
-    from maskgen.pipeline.driver import build_job_config
 
     try:
         config = build_job_config(
@@ -54,7 +53,7 @@ def mask(
         )
     except ValueError as exc:
         raise opt.fail(str(exc)) from None
-    from maskgen.pipeline.inputs import InputError
+    from maskgen.files import InputError
 
     try:
         found = find_images(paths, exclude=out)

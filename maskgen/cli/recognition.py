@@ -47,6 +47,7 @@ def train(
     Writes OUT_DIR/checkpoint.pt (every state, for --resume), log.jsonl and config.json.
     Several GPUs: torchrun --standalone --nproc-per-node N -m maskgen.cli train --config ..."""
     require_torch()
+    from maskgen.recognition.checkpoints import CheckpointError, DeviceError
     from maskgen.recognition.config import ConfigError, load_config
     from maskgen.recognition.data import ManifestError
     from maskgen.recognition.train import TrainError
@@ -56,8 +57,9 @@ def train(
         raise opt.fail("--resume and --overwrite exclude each other")
     try:
         settings = load_config(config or SMOKE_CONFIG, overrides or [])
-        result = run_training(settings, resume=resume, overwrite=overwrite, console=None if quiet else Console())
-    except (ConfigError, ManifestError, TrainError) as exc:
+        result = run_training(settings, resume=resume, overwrite=overwrite, console=None if quiet else Console(),
+                              make_progress=make_progress)
+    except (ConfigError, ManifestError, TrainError, CheckpointError, DeviceError) as exc:
         raise opt.fail(str(exc)) from None
     if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return
@@ -79,11 +81,22 @@ def export(
 
     Load with torch.export.load(path).module(). Input: RGB float 0..255, N x 3 x 112 x 96; output: N x 512."""
     require_torch()
+    from maskgen.recognition.checkpoints import CheckpointError
     from maskgen.recognition.export import export_embedder
     from maskgen.recognition.train import TrainError
 
     try:
         target = export_embedder(checkpoint, out or checkpoint.with_name("embedder.pt2"))
-    except TrainError as exc:
+    except (TrainError, CheckpointError) as exc:
         raise opt.fail(str(exc)) from None
     Console().print(f"embedder: {target}", highlight=False)
+
+
+def make_progress(console, total: int, start: int):
+    """The trainer's progress bar: steps done, the last logged metrics, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+                        TimeRemainingColumn(), console=console, transient=False)
+    task = progress.add_task("train", total=total, completed=start, metrics="")
+    return progress, task

@@ -14,13 +14,6 @@ import typer
 from rich.console import Console
 
 from maskgen.cli import options as opt
-from maskgen.cli.reports import RichReporter, print_inspection, print_summary
-from maskgen.pipeline.driver import GenerateRequest, build_job_config
-from maskgen.pipeline.driver import generate as run_generate
-from maskgen.pipeline.inputs import InputError
-from maskgen.pipeline.plan import PlanMismatch
-from maskgen.pipeline.progress import SilentReporter
-from maskgen.pipeline.runner import RunnerError
 
 EXIT_FAILED_SHARDS, EXIT_INTERRUPTED = 1, 130  # 2: a user mistake (cli_options.fail)
 
@@ -43,7 +36,7 @@ def generate(
     upsample: opt.Upsample = None,
     image_format: opt.ImageFormat = None,
     quality: opt.Quality = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard: the unit of work, retry and resume.")] = 1000,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Images per shard: the unit of work, retry and resume. Default: up to 1000, fewer on a small tree so that every worker (--workers, else this machine's CPUs) gets two shards or more; a resumed run keeps its own.", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine, or of the cluster).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (e.g. head:6379 or auto); default: start Ray on this machine.")] = None,
     input_list: Annotated[Optional[Path], typer.Option("--input-list", help="Parquet/CSV/TXT list of paths (columns: path, identity, landmarks) to use instead of walking IN_TREE.")] = None,
@@ -53,6 +46,9 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object on stdout.")] = False,
 ) -> None:
     """Mask every face of IN_TREE into OUT_DIR with Ray; resumable, one manifest row per image x variant."""
+    from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.driver import GenerateRequest
+
     try:
         config = build_job_config(
             variants=variants, mask_type=mask_type, color=color, pattern=pattern, wear=wear,
@@ -69,9 +65,16 @@ def generate(
     run_generate_request(request, quiet=quiet, as_json=as_json)
 
 
-def run_generate_request(request: GenerateRequest, *, quiet: bool = False, as_json: bool = False, label: str = "generate"):
+def run_generate_request(request, *, quiet: bool = False, as_json: bool = False, label: str = "generate"):
     """Run a request with the CLI's output and exit codes (shared by `generate`, `align` and
     `run`); `label` names the command on the progress bar and the summary."""
+    from maskgen.cli.reports import RichReporter, print_summary
+    from maskgen.pipeline.driver import generate as run_generate
+    from maskgen.pipeline.inputs import InputError
+    from maskgen.pipeline.plan import PlanMismatch
+    from maskgen.pipeline.progress import SilentReporter
+    from maskgen.pipeline.runner import RunnerError
+
     live = not (quiet or as_json)
     try:
         summary = run_generate(request, RichReporter(label=label) if live else SilentReporter())
@@ -96,15 +99,15 @@ def align(
     out_dir: Annotated[Path, typer.Argument(help="Output: images/<identity>/<image> crops, manifest/, plan/, stats/.", show_default=False)],
     template: Annotated[str, typer.Option("--template", help="sphereface (96x112, SphereFace/CosFace) or arcface (112x112, insightface).")] = "sphereface",
     size: Annotated[Optional[str], typer.Option("--size", help="Crop size WxH (e.g. 192x224); the template scales with it. Default: the template's own.")] = None,
-    detector: opt.Detector = "hog",
-    upsample: opt.Upsample = None,
+    detector: Annotated[str, typer.Option("--detector", help="Face detector: hog (fast) or cnn (dlib's mmod: finds more turned/small faces, ~10x slower on a CPU).")] = "hog",
+    upsample: Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, help="HOG upsampling (finds smaller faces, ~4x time each); default 1 up to 2000 px, else 0.")] = None,
     points: Annotated[int, typer.Option("--points", help="Alignment points from dlib's 68-point (default) or 5-point model (eyes from the 5-point fit).")] = 68,
     select: Annotated[str, typer.Option("--select", help="Photos with several faces: largest, central, or all (one crop each, <stem>_f<k>).")] = "largest",
     fallback: Annotated[bool, typer.Option("--fallback", help="Photos without a face: a centre crop, marked method=center_crop (default: a no_face row only).")] = False,
-    image_format: opt.ImageFormat = "jpg",
+    image_format: Annotated[str, typer.Option("--format", help="Format of the crops: jpg, png or webp.")] = "jpg",
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality of the crops.")] = 95,
     seed: opt.Seed = 0,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Photos per shard: the unit of work, retry and resume.")] = 200,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Photos per shard: the unit of work, retry and resume. Default: up to 200, fewer on a small tree so that every worker gets two shards or more; a resumed run keeps its own.", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start Ray on this machine.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
@@ -125,7 +128,7 @@ def align(
         raise opt.fail(f"--select: choose from {', '.join(SELECTIONS)}")
     if points not in (5, 68):
         raise opt.fail("--points: 5 or 68")
-    from maskgen.pipeline.driver import format_name
+    from maskgen.images import format_name
 
     try:
         config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
@@ -141,7 +144,7 @@ def align(
     except ValueError as exc:
         raise opt.fail(str(exc)) from None
     request = GenerateRequest(
-        input_root=raw_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
+        input_root=raw_tree, out_dir=out_dir, config=config, shard_size=shard_size, max_shard_size=200, workers=workers,
         address=address, overwrite=overwrite, job_class="maskgen.jobs.aligning:AlignJob",
     )
     run_generate_request(request, quiet=quiet, as_json=as_json, label="align")
@@ -153,6 +156,7 @@ def inspect(
     top: Annotated[int, typer.Option("--top", help="Rows to show for identities and failure examples.")] = 10,
 ) -> None:
     """Counts by status, mask type, wear and identity; failure examples; coverage statistics."""
+    from maskgen.cli.reports import print_inspection
     from maskgen.datasets.inspection import inspect_output
 
     try:

@@ -113,7 +113,7 @@ def make_pairs(
     if len(photos) < 2 * folds:
         raise PairsError(
             f"{len(photos)} identities cannot fill {folds} identity-disjoint folds with negatives "
-            f"(need at least {2 * folds}); use fewer --folds"
+            f"(need at least {2 * folds}); the most that works is --folds {len(photos) // 2}"
         )
     fold_ids = assign_folds(list(photos), folds, seed)
     rows = []
@@ -128,6 +128,7 @@ def make_pairs(
             raise PairsError(
                 f"cannot balance {pair_type} pairs: the poorest fold allows {possible} positive and negative pairs"
                 + (f", asked for {per_fold}" if per_fold else "")
+                + (_fewer_folds(images, folds, pair_type, seed) if n == 0 else "")
                 + " (more images per identity, masked variants of every photo, or fewer folds help)"
             )
         for fold, (pos, neg) in enumerate(zip(positives, negatives)):
@@ -196,3 +197,14 @@ def write_lfw_pairs(pairs: pd.DataFrame, target: Path, root: Path) -> None:
             a, b = numbers[r.src_a], numbers[r.src_b]
             lines.append(f"{r.identity_a}\t{a}\t{b}" if r.same else f"{r.identity_a}\t{a}\t{r.identity_b}\t{b}")
     write_atomic(target, ("\n".join(lines) + "\n").encode())
+
+
+def _fewer_folds(images: pd.DataFrame, folds: int, pair_type: str, seed: int) -> str:
+    """`; the most that works is --folds N` (or how it cannot work at all), for an error."""
+    for fewer in range(folds - 1, 1, -1):
+        try:
+            make_pairs(images, fewer, None, (pair_type,), seed)
+        except PairsError:
+            continue
+        return f"; the most that works is --folds {fewer}"
+    return "; no number of folds (2 or more) works for these images"

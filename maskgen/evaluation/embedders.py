@@ -104,12 +104,13 @@ class SphereFaceCheckpoint(Embedder):
 
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64):
         try:
-            from maskgen.recognition.embeddings import CheckpointError, SphereFaceEmbedder
+            from maskgen.recognition.checkpoints import CheckpointError, DeviceError
+            from maskgen.recognition.embeddings import SphereFaceEmbedder
         except ImportError:
             raise EmbedderError(NEEDS_TORCH) from None
         try:
             self.inner = SphereFaceEmbedder(checkpoint, device, batch_size)
-        except CheckpointError as exc:
+        except (CheckpointError, DeviceError) as exc:
             raise EmbedderError(str(exc)) from None
         self.name = self.inner.config["model"]
         self.checkpoint = checkpoint

@@ -1,6 +1,6 @@
 """An evaluation written out: report.json (everything, machine-readable), report.md (tables
 and the ROC plot), roc.png, scores.parquet (every evaluated pair with its score, threshold
-and decision); and the same tables printed with rich."""
+and decision); the CLI prints the same tables with rich."""
 
 from __future__ import annotations
 
@@ -181,26 +181,3 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     write_atomic(targets[ROC_NAME], roc_png(evaluation))
     write_parquet(targets[SCORES_NAME], pa.Table.from_pandas(evaluation.scores, preserve_index=False))
     return targets
-
-
-# -- terminal --------------------------------------------------------------------------------------
-
-
-def rich_table(title: str, header: list[str], rows: list[list[str]]):
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i < 2 else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def print_report(report: dict, console) -> None:
-    report = json_ready(report)
-    console.print(rich_table(f"{report['model']['model']} on {report['pairs']['file']}", GROUP_HEADER, group_rows(report)))
-    if report["breakdown"] or len(report["groups"]) > 1:
-        console.print(rich_table("by mask type and wear", BREAKDOWN_HEADER, breakdown_rows(report)))
-    for note in notes(report):
-        console.print(f"[dim]{note}[/dim]", highlight=False)

@@ -13,6 +13,7 @@ import cv2
 import dlib
 import numpy as np
 
+from maskgen.errors import one_line
 from maskgen.faces.align import align_face, five_points, template_points
 from maskgen.faces.landmarks import Face, Landmarker
 from maskgen.faces.models import model_path
@@ -20,7 +21,7 @@ from maskgen.files import write_atomic
 from maskgen.images import ImageError, decode_image, encode_image, output_format
 from maskgen.jobs.masking import check_relative
 from maskgen.jobs.protocol import OneByOne
-from maskgen.schemas import ALIGN_SCHEMA
+from maskgen.schemas import ALIGN_SCHEMA, identity_of
 
 SELECTIONS = ("largest", "central", "all")
 
@@ -53,15 +54,15 @@ class AlignJob(OneByOne):
 
     def process(self, src: Path, rel: str, out_root: Path) -> list[dict]:
         start = time.perf_counter()
-        base = {"identity": rel.split("/")[0] if "/" in rel else "", "src_path": rel, "template": self.config.template}
+        base = {"identity": identity_of(rel), "src_path": rel, "template": self.config.template}
         try:
             check_relative(rel)
         except ValueError as err:
-            return [_row(base, start, status="write_error", error=_message(err))]
+            return [_row(base, start, status="write_error", error=one_line(err))]
         try:
             bgr = decode_image(Path(src).read_bytes()).bgr
         except ImageError as err:
-            return [_row(base, start, status="decode_error", error=_message(err))]
+            return [_row(base, start, status="decode_error", error=one_line(err))]
         except OSError as err:
             return [_row(base, start, status="decode_error", error=f"cannot read the file: {err.strerror or err}")]
         faces = self._select(self.landmarker.detect(bgr), bgr.shape)
@@ -115,7 +116,7 @@ class AlignJob(OneByOne):
         try:
             write_atomic(Path(out_root) / out_rel, encode_image(crop, self.config.image_format, self.config.quality))
         except OSError as err:
-            return _row(base, start, status="write_error", error=_message(err), **fields)
+            return _row(base, start, status="write_error", error=one_line(err), **fields)
         return _row(base, start, out_path=out_rel, status="ok", **fields)
 
 
@@ -129,6 +130,3 @@ def _row(base: dict, start: float, **fields) -> dict:
     return row
 
 
-def _message(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:500]

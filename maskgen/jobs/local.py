@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maskgen.files import write_parquet
+from maskgen.files import text_path, write_parquet
 from maskgen.jobs.masking import ImageJob, JobConfig
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
-from maskgen.pipeline.inputs import text_path
 from maskgen.schemas import CONFIG_KEY, SOURCE_ROOT_KEY, to_table
 
 IMAGE_EXTENSIONS = frozenset(

@@ -14,13 +14,14 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from maskgen.errors import one_line
 from maskgen.faces.landmarks import Face, Landmarker, to_gray
 from maskgen.files import write_atomic
-from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, output_format
+from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, format_name, output_format
 from maskgen.jobs.protocol import Input
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
-from maskgen.schemas import MANIFEST_SCHEMA
+from maskgen.schemas import MANIFEST_SCHEMA, identity_of
 
 BATCH_BYTES = 32 << 20  # at most this much decoded image data is held at once
 
@@ -76,7 +77,7 @@ class _Item:
     elapsed: float = 0.0  # seconds this input spent in the stages
 
     def __post_init__(self):
-        self.base = {"identity": self.rel.split("/")[0] if "/" in self.rel else "", "src_path": self.rel}
+        self.base = {"identity": identity_of(self.rel), "src_path": self.rel}
 
 
 class ImageJob:
@@ -213,7 +214,7 @@ class ImageJob:
             except OSError as err:
                 for r in rows:
                     if r.get("out_path") == row["out_path"]:
-                        r.update(status="write_error", error=_one_line(err), out_path="", mask_path="")
+                        r.update(status="write_error", error=one_line(err), out_path="", mask_path="")
 
     # -- rows --------------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ class ImageJob:
             "coverage": None,
             "landmarks": face.points.ravel() if face is not None else None,  # arrow converts arrays fast
             "status": status,
-            "error": _one_line(error) if error else "",
+            "error": one_line(error) if error else "",
             "elapsed_ms": None,
         }
 
@@ -250,6 +251,44 @@ class ImageJob:
         return suffix if fmt == in_fmt and suffix else ext
 
 
-def _one_line(error) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:500]
+def build_job_config(
+    *,
+    variants: int = 1,
+    mask_type: str = "random",
+    color: str = "random",
+    pattern: str = "random",
+    wear: str = "proper",
+    wear_jitter: float = 0.0,
+    texture_weight: float | None = None,
+    keep_original: bool = False,
+    seed: int = 0,
+    aligned: bool = True,
+    layout: str = "auto",
+    detector: str = "hog",
+    upsample: int | None = None,
+    image_format: str | None = None,
+    quality: int | None = None,
+):
+    """A JobConfig from user-facing options; ValueError naming the option when one is wrong."""
+    from maskgen.faces.landmarks import DETECTORS
+    from maskgen.faces.layouts import face_box
+    from maskgen.masks.options import MaskOptions
+
+    if variants < 1:
+        raise ValueError(f"--variants must be at least 1, got {variants}")
+    if quality is not None and not 1 <= quality <= 100:
+        raise ValueError(f"--quality must be between 1 and 100, got {quality}")
+    if detector not in DETECTORS:
+        raise ValueError(f"--detector: unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
+    try:
+        face_box(112, 112, layout)
+    except ValueError as exc:
+        raise ValueError(f"--layout: {exc}") from None
+    mask = MaskOptions.parse(
+        type=mask_type, color=color, pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight
+    )
+    return JobConfig(
+        aligned=aligned, layout=layout, detector=detector, upsample=upsample, variants=variants,
+        keep_original=keep_original, seed=seed, mask=mask.to_dict(), image_format=format_name(image_format),
+        quality=quality,
+    )

@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from maskgen.errors import one_line
+from maskgen.schemas import identity_of
+
 INTERNAL_ERROR = "internal error:"  # how the error of a row for a bug (not a bad image) starts
 BATCH_SIZE = 128  # inputs callers hand to process_batch at once (progress moves per batch)
 Input = tuple[Path, str, "object | None"]  # (file, path relative to the input root, known landmarks 68x2)
@@ -32,9 +35,9 @@ def process_safely(job, inputs: list[Input], out_root: Path, n_masked: int, keep
 
 def bug_rows(rel: str, n_masked: int, keep_original: bool, error: BaseException) -> list[dict]:
     """Rows for an input whose job raised: the input is still accounted for."""
-    message = f"{INTERNAL_ERROR} {type(error).__name__}: {error}".splitlines()[0]
+    message = one_line(f"{INTERNAL_ERROR} {type(error).__name__}: {error}")
     variants = ([("original", -1)] if keep_original else []) + [("masked", i) for i in range(n_masked)]
-    base = {"identity": rel.split("/")[0] if "/" in rel else "", "src_path": rel, "out_path": "", "mask_path": ""}
+    base = {"identity": identity_of(rel), "src_path": rel, "out_path": "", "mask_path": ""}
     return [
         {**base, "variant": variant, "variant_index": index, "face_index": 0, "status": "render_error", "error": message}
         for variant, index in variants

@@ -8,8 +8,6 @@ import hashlib
 import itertools
 from dataclasses import asdict, dataclass
 
-from PIL import ImageColor
-
 from maskgen.masks.families import FAMILIES, family
 
 PATTERNS = ("plain", "stripes", "dots", "checks", "woven")
@@ -55,6 +53,8 @@ def parse_colors(spec: str) -> list[str] | None:
     colors = []
     for name in spec.split(","):
         try:
+            from PIL import ImageColor  # here: the CLI's --help reads this module
+
             r, g, b = ImageColor.getrgb(name.strip())[:3]
         except ValueError:
             raise ValueError(f"--color: {name.strip()!r} is not a colour name or #hex value") from None

@@ -4,6 +4,7 @@ Ray, and sum up what happened. The typer command and `maskgen run` both call `ge
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,6 @@ from maskgen.pipeline.progress import Reporter, SilentReporter
 from maskgen.pipeline.shards import read_stats
 
 SUMMARY_EXAMPLES = 10
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 @dataclass
@@ -24,14 +24,15 @@ class GenerateRequest:
     input_root: Path
     out_dir: Path
     config: object  # maskgen.jobs.masking.JobConfig
-    shard_size: int = 1000
+    shard_size: int | None = None  # None: up to max_shard_size, so that every worker gets shards (see plan)
+    max_shard_size: int = 1000
     workers: int | None = None  # None: one per CPU of this machine or the cluster
     address: str | None = None  # Ray cluster to join; None starts Ray locally
     input_list: Path | None = None
     overwrite: bool = False
     max_attempts: int = 3  # tries per shard before it is reported as failed
     fault: dict | None = None  # tests only: see runner.ShardWorker._maybe_fail
-    job_class: str = "maskgen.jobs.masking:ImageJob"  # "module:Class" built once per worker
+    job_class: str = "maskgen.jobs.masking:ImageJob"  # "module:Class" built once per worker (a string: no import here)
 
 
 @dataclass
@@ -69,60 +70,6 @@ class GenerateSummary:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"complete": self.complete}
-
-
-def build_job_config(
-    *,
-    variants: int = 1,
-    mask_type: str = "random",
-    color: str = "random",
-    pattern: str = "random",
-    wear: str = "proper",
-    wear_jitter: float = 0.0,
-    texture_weight: float | None = None,
-    keep_original: bool = False,
-    seed: int = 0,
-    aligned: bool = True,
-    layout: str = "auto",
-    detector: str = "hog",
-    upsample: int | None = None,
-    image_format: str | None = None,
-    quality: int | None = None,
-):
-    """A JobConfig from user-facing options; ValueError naming the option when one is wrong."""
-    from maskgen.faces.landmarks import DETECTORS
-    from maskgen.faces.layouts import face_box
-    from maskgen.jobs.masking import JobConfig
-    from maskgen.masks.options import MaskOptions
-
-    if variants < 1:
-        raise ValueError(f"--variants must be at least 1, got {variants}")
-    if quality is not None and not 1 <= quality <= 100:
-        raise ValueError(f"--quality must be between 1 and 100, got {quality}")
-    if detector not in DETECTORS:
-        raise ValueError(f"--detector: unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
-    try:
-        face_box(112, 112, layout)
-    except ValueError as exc:
-        raise ValueError(f"--layout: {exc}") from None
-    mask = MaskOptions.parse(
-        type=mask_type, color=color, pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight
-    )
-    return JobConfig(
-        aligned=aligned, layout=layout, detector=detector, upsample=upsample, variants=variants,
-        keep_original=keep_original, seed=seed, mask=mask.to_dict(), image_format=format_name(image_format),
-        quality=quality,
-    )
-
-
-def format_name(value: str | None) -> str | None:
-    """`jpg`, `.PNG`, `same`... -> the canonical name ImageJob takes (JPEG, PNG, WEBP), None = the input's."""
-    if value is None or value.lower() in ("", "same"):
-        return None
-    name = value.upper().lstrip(".").replace("JPG", "JPEG")
-    if name not in IMAGE_FORMATS:
-        raise ValueError(f"--format: unknown format {value!r} (choose from same, jpg, png, webp)")
-    return name
 
 
 def check_folders(input_root: Path, out_dir: Path) -> None:
@@ -172,6 +119,7 @@ def _generate(request: GenerateRequest, reporter: Reporter) -> GenerateSummary:
         entries = walk_tree(request.input_root, walk_report)
     plan, outcome = prepare_plan(
         layout, _counting(entries, reporter), config=request.config, shard_size=request.shard_size,
+        workers_hint=request.workers or os.cpu_count() or 1, max_shard_size=request.max_shard_size,
         input_root=request.input_root, input_list=request.input_list, overwrite=request.overwrite,
     )
     for folder in (layout.manifest, layout.stats):

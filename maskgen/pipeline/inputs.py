@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from maskgen.files import InputError, text_path  # noqa: F401 - InputError: raised here, defined with the file rules
+
 LIST_SUFFIXES = (".parquet", ".csv", ".txt")
 LANDMARK_VALUES = 136  # 68 (x, y) pairs, flattened
-
-
-class InputError(ValueError):
-    """The input cannot be planned as given (layout, unsafe path, unreadable list)."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +85,6 @@ def walk_tree(root: Path, report: WalkReport | None = None) -> Iterator[Entry]:
                 )
             size, mtime_ns = _stat(f)
             yield Entry(identity_dir.name, text_path(f"{identity_dir.name}/{f.name}"), size, mtime_ns)
-
-
-def text_path(rel: str) -> str:
-    """`rel` if it is valid text; else InputError. A file name that is not UTF-8 (os gives it
-    as surrogates) cannot be written into a Parquet manifest, so it is refused up front,
-    before any work is done, rather than crashing a batch half-way."""
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise InputError(f"file name is not valid UTF-8: '{shown}'; rename it (e.g. with convmv)") from None
-    return rel
 
 
 def safe_relative(path: str, root: Path) -> str:

@@ -11,6 +11,7 @@ import array
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -186,22 +187,32 @@ def clear_outputs(layout: OutputLayout, keep: Path | None = None) -> None:
             shutil.rmtree(folder)
 
 
+def auto_shard_size(n_inputs: int, workers: int, cap: int) -> int:
+    """Shards of at most `cap` inputs, small enough that each of `workers` gets two or more."""
+    return max(1, min(cap, math.ceil(n_inputs / (2 * max(workers, 1)))))
+
+
 def prepare_plan(
     layout: OutputLayout,
     entries: Iterable[Entry],
     *,
     config,
-    shard_size: int,
+    shard_size: int | None,
     input_root: Path,
     input_list: Path | None = None,
     overwrite: bool = False,
+    workers_hint: int = 1,
+    max_shard_size: int = 1000,
 ) -> tuple[Plan, str]:
     """Plan the run in `layout`; returns (plan, "new" | "resumed" | "replaced").
+
+    `shard_size` None: the shard size of the run in `layout` when it is resumed, else
+    auto_shard_size(inputs, workers_hint, max_shard_size).
 
     Raises PlanMismatch when OUT_DIR holds another run and `overwrite` is false, and
     InputError for inputs that cannot be planned (nothing is written to OUT_DIR then).
     """
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {shard_size}")
     layout.plan_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(layout.plan_dir)
@@ -210,6 +221,10 @@ def prepare_plan(
         n_inputs, fingerprint, has_landmarks = write_inputs(entries, tmp)
         if n_inputs == 0:
             raise InputError(f"no input images found in {input_list or input_root}")
+        existing = load_plan(layout)
+        if shard_size is None:
+            resumable = existing is not None and not overwrite
+            shard_size = existing.shard_size if resumable else auto_shard_size(n_inputs, workers_hint, max_shard_size)
         candidate = Plan(
             n_inputs=n_inputs,
             shard_size=shard_size,
@@ -221,7 +236,6 @@ def prepare_plan(
             has_landmarks=has_landmarks,
             maskgen_version=maskgen_version(),
         )
-        existing = load_plan(layout)
         outcome = "new"
         if existing is not None:
             problems = plan_differences(existing, candidate)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ray
 
+from maskgen.errors import one_line
 from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan
 from maskgen.pipeline.shards import process_shard
@@ -151,9 +152,9 @@ def load_job_class(spec: str):
 
 
 def _short_error(exc: BaseException) -> str:
+    """A Ray error as its cause's class and message (a remote traceback ends with the message)."""
     cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}".strip()
+    return f"{type(cause).__name__}: {one_line(cause, last=True)}"
 
 
 @dataclass

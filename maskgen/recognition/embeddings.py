@@ -15,81 +15,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
 from maskgen.faces.layouts import fit_to
 from maskgen.images import ImageError, read_image
-from maskgen.recognition.nets import UNITS, get_model
-from maskgen.recognition.train import TrainError, load_checkpoint
-
-CONFIG_KEYS = ("model", "embedding_size", "height", "width")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable SphereFace checkpoint; the message says why, in one line."""
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _checked_config(checkpoint: object, path: Path) -> dict:
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict) or "model" not in checkpoint:
-        raise CheckpointError(f"{path} is not a maskgen training checkpoint (no saved config and model state)")
-    config = checkpoint["config"]
-    missing = [key for key in CONFIG_KEYS if key not in config]
-    if missing:
-        raise CheckpointError(f"{path}: the saved config lacks {', '.join(missing)}")
-    if config["model"] not in UNITS:
-        raise CheckpointError(f"{path}: model {config['model']!r} is not a SphereFace net this version can build "
-                              f"({', '.join(UNITS)})")
-    return config
-
-
-def _load_weights(net: nn.Module, state: object, config: dict, path: Path) -> None:
-    expected = net.state_dict()
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: the model state is not a state dict")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        example = (missing or unexpected or reshaped)[0]
-        raise CheckpointError(
-            f"{path}: the weights do not fit {config['model']} at {config['width']}x{config['height']} as its config "
-            f"says (another architecture?): {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(reshaped)} of another shape, e.g. {example}")
-    net.load_state_dict(state)
-
-
-def load_embedding_net(path: str | Path) -> tuple[nn.Module, dict]:
-    """(the checkpoint's backbone in eval mode on the CPU, its training config)."""
-    path = Path(path)
-    try:
-        checkpoint = load_checkpoint(path)
-    except TrainError as exc:  # torch's unpickling messages run to many lines
-        raise CheckpointError(one_line(str(exc))) from None
-    config = _checked_config(checkpoint, path)
-    net = get_model(config["model"], config["embedding_size"], (config["height"], config["width"]))
-    _load_weights(net, checkpoint["model"], config, path)
-    return net.eval(), config
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return device
+from maskgen.recognition.checkpoints import load_backbone, pick_device
+from maskgen.recognition.nets import get_model
 
 
 class SphereFaceEmbedder:
     """A checkpoint's backbone as a feature extractor: image files -> concat(f(x), f(flip x))."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64):
-        self.net, self.config = load_embedding_net(checkpoint)
+        self.net, self.config = load_backbone(checkpoint)
         self.device = pick_device(device)
         self.net.to(self.device)
         self.batch_size = batch_size
@@ -137,13 +74,12 @@ class SphereFaceEmbedder:
 def save_untrained_checkpoint(path: str | Path, model: str = "sphereface20", seed: int = 0) -> Path:
     """A randomly initialised net in the trainer's checkpoint format (model state + config):
     enough to measure embedding throughput, or to test loading, without training first."""
+    from maskgen.recognition.checkpoints import save_checkpoint
     from maskgen.recognition.config import TrainConfig
-    from maskgen.recognition.train import save_checkpoint
 
     torch.manual_seed(seed)
     config = TrainConfig(model=model)
     net = get_model(config.model, config.embedding_size, config.input_size())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, format=1, model=net.state_dict(), config=config.to_dict(), step=0)
     return path

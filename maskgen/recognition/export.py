@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskgen.recognition.nets import get_model
-from maskgen.recognition.train import load_checkpoint
+from maskgen.files import open_atomic
+from maskgen.recognition.checkpoints import backbone_from, load_checkpoint
 
 META_NAME = "maskgen.json"
 
@@ -31,17 +31,7 @@ class Embedder(nn.Module):
         return self.backbone((images.float() - 127.5) / 128.0)
 
 
-def backbone_from(checkpoint: dict) -> nn.Module:
-    config = checkpoint["config"]
-    backbone = get_model(config["model"], config["embedding_size"], (config["height"], config["width"]))
-    backbone.load_state_dict(checkpoint["model"])
-    return backbone.eval()
 
-
-def load_backbone(checkpoint_path: str | Path) -> tuple[nn.Module, dict]:
-    """(the checkpoint's backbone in eval mode on the CPU, its training config as a dict)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    return backbone_from(checkpoint), checkpoint["config"]
 
 
 def metadata(config: dict, step: int | None = None) -> dict:
@@ -54,14 +44,14 @@ def metadata(config: dict, step: int | None = None) -> dict:
 def export_embedder(checkpoint_path: str | Path, out: str | Path) -> Path:
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]
-    embedder = Embedder(backbone_from(checkpoint)).eval()
+    embedder = Embedder(backbone_from(checkpoint, checkpoint_path)).eval()
     example = torch.full((2, 3, config["height"], config["width"]), 127.0)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         program = torch.export.export(embedder, (example,), dynamic_shapes=({0: batch},))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, out, extra_files={META_NAME: json.dumps(metadata(config, checkpoint["step"]))})
+    with open_atomic(out) as file:
+        torch.export.save(program, file, extra_files={META_NAME: json.dumps(metadata(config, checkpoint["step"]))})
     return out
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskgen.recognition.checkpoints import load_checkpoint, pick_device, save_checkpoint
 from maskgen.recognition.config import TrainConfig
 from maskgen.recognition.data import EpochSampler, ManifestDataset, make_loader, read_manifest
 from maskgen.recognition.heads import get_head
@@ -88,17 +89,6 @@ def init_distributed() -> Dist:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist
-
-
-def pick_device(config: TrainConfig, dist: Dist) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {config.device!r} asked for, but torch sees no CUDA device")
-    if device.type == "cuda" and dist.world_size > 1:
-        device = torch.device(f"cuda:{dist.local_rank}")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -171,22 +161,6 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: Path, **state) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint's contents; it holds tensors and plain values only (weights_only loads it)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainError(f"checkpoint not found: {path}") from None
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors: not a checkpoint
-        raise TrainError(f"{path} is not a maskgen checkpoint ({type(exc).__name__}: {exc})") from None
-
-
 class RunLog:
     """log.jsonl (always), TensorBoard (when installed and wanted), the console (unless quiet)."""
 
@@ -219,15 +193,6 @@ class RunLog:
     def close(self) -> None:
         if self.board:
             self.board.close()
-
-
-def make_progress(console, total: int, start: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
-                        TimeRemainingColumn(), console=console, transient=False)
-    task = progress.add_task("train", total=total, completed=start, metrics="")
-    return progress, task
 
 
 @dataclass
@@ -306,10 +271,11 @@ def open_manifest(config: TrainConfig, dist: Dist, console):
 class Trainer:
     """One training run: set up in __init__ (restoring a checkpoint on resume), then run()."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None):
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None, make_progress=None):
         self.config, self.dist = config, init_distributed()
         self.console = console if self.dist.main else None
-        self.device = pick_device(config, self.dist)
+        self.make_progress = make_progress  # (console, total, start) -> (a started-able progress, its task)
+        self.device = pick_device(config.device, self.dist.local_rank, self.dist.world_size)
         self.on_cuda = self.device.type == "cuda"
         self.channels_last = self.on_cuda and config.channels_last
         self.out_dir = Path(config.out_dir)
@@ -403,7 +369,7 @@ class Trainer:
         log = RunLog(self.out_dir, config, self.console, fresh=not self.resumed) if self.dist.main else None
         if self.console:
             self._announce()
-        progress, task = make_progress(self.console, config.max_steps, position.step) if self.console else (None, None)
+        progress, task = self.make_progress(self.console, config.max_steps, position.step) if self.console and self.make_progress else (None, None)
         autocast, meter, last = autocast_for(self.device, config.bf16), Meter(self.device), {}
         self.model.train()
         with progress or nullcontext():
@@ -442,6 +408,7 @@ class Trainer:
                            self.skipped, self.ckpt_path, self.position.step - self.first_step)
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None) -> TrainResult:
-    """Train until config.max_steps; `console` (rich) gets progress and log lines, None = quiet."""
-    return Trainer(config, resume, overwrite, console).run()
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, console=None, make_progress=None) -> TrainResult:
+    """Train until config.max_steps; `console` (anything with rich's `print`) gets log lines,
+    None = quiet; `make_progress(console, total, start)` -> (progress, task) draws a bar."""
+    return Trainer(config, resume, overwrite, console, make_progress).run()
