@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test,recognition
 CONFIG ?= maskgen/recognition/configs/smoke.toml
 
-.PHONY: install demo test bench bench-pipeline bench-train bench-evaluate bench-video train evaluate clean
+.PHONY: install demo test bench bench-pipeline bench-align bench-train bench-evaluate bench-video train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -32,20 +32,24 @@ train: install
 evaluate: install
 	$(BIN)/maskgen run pipelines/evaluate.toml
 
+## benchmarks (not tests): each is `python -m maskgen.bench WHAT`; `python -m maskgen.bench` lists them
 bench: install
-	$(BIN)/maskgen bench
+	$(BIN)/python -m maskgen.bench masking
 
 bench-pipeline: install
-	$(BIN)/python -m maskgen.bench.pipeline speed
+	$(BIN)/python -m maskgen.bench pipeline speed
+
+bench-align: install
+	$(BIN)/python -m maskgen.bench align
 
 bench-train: install
-	$(BIN)/maskgen bench-train
+	$(BIN)/python -m maskgen.bench train
 
 bench-evaluate: install
-	$(BIN)/python -m maskgen.bench.evaluate
+	$(BIN)/python -m maskgen.bench evaluate
 
 bench-video: install
-	$(BIN)/python -m maskgen.bench.video
+	$(BIN)/python -m maskgen.bench video
 
 clean:
 	rm -rf out results .pytest_cache

@@ -6,21 +6,21 @@
 2. the time beyond the embeddings for an LFW-size set: 6,000 pairs in 10 folds of 1024-d
    synthetic features (protocol per group, breakdowns, JSON/Markdown/PNG/Parquet written).
 
-    python -m maskgen.bench.evaluate [--model sphereface20] [--device cpu]
+    python -m maskgen.bench evaluate [--model sphereface20] [--device cpu] [--skip-embedding]
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import typer
 from rich.console import Console
 
+from maskgen.bench._args import at_least, prog
 from maskgen.evaluation.evaluate import Evaluation, evaluate_pairs, score_pairs
 from maskgen.evaluation.report import write_report
 
@@ -87,22 +87,26 @@ def bench_embedding(model: str = "sphereface20", device: str = "cpu", batch_size
             "pairs_per_s": timing["pairs"] / total, "images_per_s": timing["images"] / timing["embedding_s"]}
 
 
-def main(
-    model: Annotated[str, typer.Option("--model", help="SphereFace variant for the embedding benchmark (random weights).")] = "sphereface20",
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")] = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
-    pairs: Annotated[int, typer.Option("--pairs", min=20, help="Synthetic pairs for the protocol timing (LFW: 6000).")] = 6000,
-    skip_embedding: Annotated[bool, typer.Option("--skip-embedding", help="Only the protocol timing (no torch needed).")] = False,
-) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Evaluation throughput: pairs/s with a SphereFace checkpoint, and the protocol time on an LFW-size set."""
+    parser = argparse.ArgumentParser(prog=prog("evaluate"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sphereface20",
+                        help="SphereFace variant for the embedding benchmark, random weights (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda (default: %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--pairs", type=at_least(20), default=6000,
+                        help="synthetic pairs for the protocol timing (LFW: 6000; default: %(default)s)")
+    parser.add_argument("--skip-embedding", action="store_true", help="only the protocol timing (no torch needed)")
+    args = parser.parse_args(argv)
     console = Console()
-    p = bench_protocol(pairs)
+    p = bench_protocol(args.pairs)
     console.print(f"protocol on {p['pairs']} synthetic pairs, {p['folds']} folds, {p['dim']}-d features: "
                   f"{p['protocol_s']:.2f} s, report files {p['report_s']:.2f} s (accuracy {100 * p['accuracy']:.2f}%)",
                   highlight=False)
-    if skip_embedding:
+    if args.skip_embedding:
         return
-    e = bench_embedding(model, device, batch_size)
+    e = bench_embedding(args.model, args.device, args.batch_size)
     console.print(f"evaluate with {e['model']} on {e['device']}: {e['pairs']} pairs over {e['images']} images in "
                   f"{e['total_s']:.1f} s = {e['pairs_per_s']:.1f} pairs/s; embedding {e['images_per_s']:.1f} images/s "
                   f"(each image + its mirror), protocol {e['protocol_s']:.2f} s. With no image shared between pairs "
@@ -110,4 +114,4 @@ def main(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    typer.run(main)
+    main()

@@ -1,7 +1,7 @@
 """Benchmarks of the generate pipeline (not tests). Trees are made of symlinks to the sample faces.
 
-    python -m maskgen.bench.pipeline speed  [--images 5500]    images/s: plain loop vs Ray 1 and 2 workers
-    python -m maskgen.bench.pipeline memory [--files 200000]   driver peak RSS: planning, then a full run
+    python -m maskgen.bench pipeline speed  [--images 5500]    images/s: plain loop vs Ray 1 and 2 workers
+    python -m maskgen.bench pipeline memory [--files 200000]   driver peak RSS: planning, then a full run
 
 `speed` runs the real ImageJob. `memory` plans the tree, then runs every shard with
 `NullJob` (rows without image work), so the driver handles 200k inputs in minutes; the
@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from maskgen.bench._args import at_least, prog
 from maskgen.jobs.protocol import OneByOne
 from maskgen.schemas import MANIFEST_SCHEMA
 
@@ -154,7 +155,7 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for each 1-CPU worker
     import ray
 
-    from maskgen.pipeline.driver import build_job_config
+    from maskgen.jobs.masking import build_job_config
 
     config = build_job_config()
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
@@ -217,7 +218,8 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
 
 def _memory_child(tree: Path, out: Path, process: bool) -> dict:
     """Runs in a fresh process so that its peak RSS is this measurement's alone."""
-    from maskgen.pipeline.driver import GenerateRequest, build_job_config, generate
+    from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.driver import GenerateRequest, generate
     from maskgen.pipeline.inputs import walk_tree
     from maskgen.pipeline.paths import OutputLayout
     from maskgen.pipeline.plan import prepare_plan
@@ -272,15 +274,15 @@ def memory(n_files: int, process: bool, keep: bool) -> dict:
     return result
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m maskgen.bench.pipeline", description=__doc__,
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=prog("pipeline"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="what", required=True)
+    sub = parser.add_subparsers(dest="what", required=True, metavar="{speed,memory}")  # _memory-child: internal
     sp = sub.add_parser("speed", help="images/s: plain loop vs Ray with 1 and 2 workers")
-    sp.add_argument("--images", type=int, default=5500)
-    sp.add_argument("--rounds", type=int, default=3, help="paired rounds; the median of their ratios counts")
+    sp.add_argument("--images", type=at_least(1), default=5500, help="images in the symlink tree (default: %(default)s)")
+    sp.add_argument("--rounds", type=at_least(1), default=3, help="paired rounds; the median of their ratios counts")
     sm = sub.add_parser("memory", help="driver peak RSS planning (and running) a big symlink tree")
-    sm.add_argument("--files", type=int, default=200_000)
+    sm.add_argument("--files", type=at_least(1), default=200_000, help="files in the symlink tree (default: %(default)s)")
     sm.add_argument("--no-process", action="store_true", help="plan only")
     for p in (sp, sm):
         p.add_argument("--keep", action="store_true", help="keep the temporary trees and outputs")

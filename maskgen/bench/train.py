@@ -7,10 +7,13 @@ Measured (SphereFace-20): 2-core CPU, batch 32: ~18 images/s both ways (ratio 1.
 One H200 (torch 2.11, 16 CPU cores, 14 workers), batch 256, bf16 + channels-last:
 in-memory 19.9k images/s, loader 9.6k (eager); 30.4k vs 11.5k with --compile. The loader
 alone delivers 17.7k/s there, less while the trainer shares the cores: on that machine it is
-the bottleneck (still above the 6k/s aim); GPU JPEG decoding would be the next step."""
+the bottleneck (still above the 6k/s aim); GPU JPEG decoding would be the next step.
+
+    python -m maskgen.bench train [--model sphereface20] [--batch-size 32] [--device auto]   (also: maskgen bench-train)"""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import tempfile
@@ -21,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskgen.bench._args import at_least, fail, prog
+from maskgen.recognition.checkpoints import pick_device
 from maskgen.recognition.config import TrainConfig
 from maskgen.recognition.data import PREFETCH, EpochSampler, ManifestDataset, make_loader, read_manifest
 from maskgen.recognition.heads import get_head
 from maskgen.recognition.nets import get_model
-from maskgen.recognition.train import Dist, Recogniser, autocast_for, build_optimizer, pick_device, prepare_batch, train_step
+from maskgen.recognition.train import Recogniser, autocast_for, build_optimizer, prepare_batch, train_step
 
 CASIA_CLASSES = 10_575
 
@@ -56,7 +61,7 @@ def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 
 
 def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_name, compile, console):
     config = TrainConfig(model=model_name, batch_size=batch_size, device=device_name, compile=compile)
-    device = pick_device(config, Dist())
+    device = pick_device(config.device)
     on_cuda = device.type == "cuda"
     if workers is None:
         workers = min(14, (os.cpu_count() or 2) - 2) if on_cuda else 1
@@ -140,3 +145,39 @@ def print_result(result: dict, console) -> None:
     settings = ", ".join(f"{k}={result[k]}" for k in ("num_workers", "bf16", "channels_last", "compile"))
     verdict = "keeps up" if result["loader_ratio"] >= 0.9 else "is the BOTTLENECK"
     console.print(f"loader/in-memory = {result['loader_ratio']:.2f}: the loader {verdict} ({settings})", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The options of `maskgen bench-train`."""
+    from rich.console import Console
+
+    from maskgen.recognition.checkpoints import CheckpointError
+    from maskgen.recognition.config import ConfigError
+    from maskgen.recognition.data import ManifestError
+    from maskgen.recognition.train import TrainError
+
+    parser = argparse.ArgumentParser(prog=prog("train"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sphereface20", help="network: sphereface4/10/20/36/64 (default: %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per step (default: %(default)s)")
+    parser.add_argument("--steps", type=at_least(1), default=2, help="timed steps per input mode per round (default: %(default)s)")
+    parser.add_argument("--rounds", type=at_least(1), default=3,
+                        help="rounds of (in-memory, loader), interleaved against noise (default: %(default)s)")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="training manifest to load from (default: the built-in sample faces + generated masks, "
+                        "written as 96x112 JPEGs to a temporary folder)")
+    parser.add_argument("--workers", type=at_least(0), default=None,
+                        help="loader processes (0: decode in the training loop; default: 1 on the CPU, "
+                        "min(14, CPUs - 2) with CUDA)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first (CUDA)")
+    args = parser.parse_args(argv)
+    try:
+        bench_train(args.model, args.batch_size, args.steps, args.rounds, args.manifest, args.workers, args.device,
+                    args.compile, Console())
+    except (ConfigError, ManifestError, TrainError, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Frames/s of `maskgen video` at 640x480 with one face, on one CPU core.
 
-    python -m maskgen.bench.video [--frames 150] [--save masked.mp4]
+    python -m maskgen.bench video [--frames 100] [--save masked.mp4]
 
 The clip is synthetic and self-contained: a sample face chip from assets/ moving and
 scaling over a textured background. Reports the tracking + masking loop alone (frames in
@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from maskgen.assets import sample_faces
+from maskgen.bench._args import at_least, prog
 from maskgen.faces.landmarks import Landmarker
 from maskgen.masks.options import MaskOptions
 from maskgen.video.demo import mask_video
@@ -97,8 +98,9 @@ def end_to_end_fps(clip: list[np.ndarray], save: Path | None) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=100, help="frames in the synthetic clip (25 fps)")
+    parser = argparse.ArgumentParser(prog=prog("video"), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=at_least(1), default=100, help="frames in the synthetic clip, 25 fps (default: %(default)s)")
     parser.add_argument("--save", type=Path, help="also write the masked clip, side by side, here (.mp4/.avi)")
     args = parser.parse_args(argv)
     core = pin_to_one_core()

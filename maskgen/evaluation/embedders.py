@@ -105,11 +105,11 @@ class SphereFaceCheckpoint(Embedder):
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64):
         try:
             from maskgen.recognition.checkpoints import CheckpointError, DeviceError
-            from maskgen.recognition.embeddings import SphereFaceEmbedder
+            from maskgen.recognition.embeddings import SphereFaceFeatures
         except ImportError:
             raise EmbedderError(NEEDS_TORCH) from None
         try:
-            self.inner = SphereFaceEmbedder(checkpoint, device, batch_size)
+            self.inner = SphereFaceFeatures(checkpoint, device, batch_size)
         except (CheckpointError, DeviceError) as exc:
             raise EmbedderError(str(exc)) from None
         self.name = self.inner.config["model"]

@@ -78,7 +78,10 @@ def pick_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.de
     process takes the GPU of its local rank. DeviceError when CUDA is asked for and absent."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r} (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {name!r} asked for, but torch sees no CUDA device")
     return torch.device(f"cuda:{local_rank}") if device.type == "cuda" and world_size > 1 else device

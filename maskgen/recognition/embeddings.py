@@ -22,7 +22,7 @@ from maskgen.recognition.checkpoints import load_backbone, pick_device
 from maskgen.recognition.nets import get_model
 
 
-class SphereFaceEmbedder:
+class SphereFaceFeatures:
     """A checkpoint's backbone as a feature extractor: image files -> concat(f(x), f(flip x))."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64):

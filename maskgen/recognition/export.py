@@ -20,7 +20,7 @@ from maskgen.recognition.checkpoints import backbone_from, load_checkpoint
 META_NAME = "maskgen.json"
 
 
-class Embedder(nn.Module):
+class PixelNet(nn.Module):
     """RGB pixels 0..255 -> embeddings: the normalisation the network was trained with, then the net."""
 
     def __init__(self, backbone: nn.Module):
@@ -44,7 +44,7 @@ def metadata(config: dict, step: int | None = None) -> dict:
 def export_embedder(checkpoint_path: str | Path, out: str | Path) -> Path:
     checkpoint = load_checkpoint(checkpoint_path)
     config = checkpoint["config"]
-    embedder = Embedder(backbone_from(checkpoint, checkpoint_path)).eval()
+    embedder = PixelNet(backbone_from(checkpoint, checkpoint_path)).eval()
     example = torch.full((2, 3, config["height"], config["width"]), 127.0)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
