@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -61,6 +62,10 @@ def test_end_to_end_on_the_sample_faces(tmp_path):
     assert (df["src_path"].str.split("/").str[0] == df["identity"]).all()
     for rel in pd.concat([df["out_path"], df.loc[df["variant"] == "masked", "mask_path"]]):
         assert (out / "images" / rel).is_file(), rel
+    masked = df[df["variant"] == "masked"]  # the two variants of a face: two draws, two images
+    assert (masked.groupby("src_path")["seed"].nunique() == 2).all()
+    digests = masked["out_path"].map(lambda rel: hashlib.sha256((out / "images" / rel).read_bytes()).hexdigest())
+    assert (digests.groupby(masked["src_path"]).nunique() == 2).all()
     first = sorted((out / "manifest").glob("*.parquet"))[0]
     assert pq.read_schema(first).metadata[b"maskgen.schema_version"].decode() == SCHEMA_VERSION
     assert json.loads((out / "plan" / "plan.json").read_text())["n_inputs"] == N_FACES
@@ -85,8 +90,9 @@ def test_rerun_of_a_finished_run_does_nothing(clean_run):
 
 
 def start_driver(out: Path) -> subprocess.Popen:
-    """`generate` of the sample faces in its own process group (so it and its Ray can be killed)."""
-    cmd = [sys.executable, "-m", "maskgen.cli.sharded", "generate", str(FACES), str(out),
+    """`maskgen generate` (the installed console script) of the sample faces in its own
+    process group (so it and its Ray can be killed)."""
+    cmd = [str(Path(sys.executable).with_name("maskgen")), "generate", str(FACES), str(out),
            "--shard-size", "7", "--workers", "1", "--quiet"]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -192,7 +198,8 @@ def test_changed_inputs_are_refused(tmp_path):
 
 
 def test_a_worker_that_dies_has_its_shard_retried(tmp_path, clean_run):
-    from maskgen.pipeline.driver import GenerateRequest, build_job_config, generate
+    from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.driver import GenerateRequest, generate
 
     out = tmp_path / "out"
     fault = {"shard": 2, "kind": "crash", "times": 1, "marker_dir": str(tmp_path / "faults")}
@@ -203,7 +210,8 @@ def test_a_worker_that_dies_has_its_shard_retried(tmp_path, clean_run):
 
 
 def test_a_shard_that_keeps_failing_is_reported_and_the_rest_completes(tmp_path, clean_run):
-    from maskgen.pipeline.driver import GenerateRequest, build_job_config, generate
+    from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.driver import GenerateRequest, generate
 
     out = tmp_path / "out"
     fault = {"shard": 3, "kind": "raise", "times": 99, "marker_dir": str(tmp_path / "faults")}

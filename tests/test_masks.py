@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import ALIGNED, aligned_files
+from typer.testing import CliRunner
 
-from maskgen.masks.families import FAMILIES
-from maskgen.masks.options import MaskOptions, variant_seed
+from maskgen.cli import app
+from maskgen.masks.families import FAMILIES, all_families
+from maskgen.masks.geometry import anchor_grid
+from maskgen.masks.options import WEAR_SHIFTS, MaskOptions, variant_seed
 from maskgen.masks.render import render_mask
 
 EYES = list(range(36, 48))
@@ -73,6 +79,24 @@ def test_same_seed_same_pixels_other_seed_differs(chips):
     assert np.array_equal(a.image, b.image) and np.array_equal(a.occlusion, b.occlusion)
     assert not np.array_equal(a.image, c.image)
 
+
+def test_the_variants_of_a_face_are_different_masks(tmp_path):
+    """`maskgen mask --variants 2` on the real sample chips: each face gets two different draws
+    (the variant index is part of the seed), written as two different images."""
+    result = CliRunner().invoke(app, ["mask", str(ALIGNED), "-o", str(tmp_path), "--aligned", "--variants", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "manifest.parquet").sort_values(["src_path", "variant_index"])
+    assert len(df) == 2 * len(aligned_files()) and set(df["status"]) == {"ok"}
+    spec_columns = ["mask_type", "color", "pattern", "wear_shift", "seed"]
+    varied = []
+    for src, rows in df.groupby("src_path"):
+        assert list(rows["variant_index"]) == [0, 1], src
+        first, second = rows[spec_columns].to_dict("records")
+        assert first != second, f"{src}: both variants drew {first}"
+        image_a, image_b = (hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest() for rel in rows["out_path"])
+        assert image_a != image_b, f"{src}: both variants wrote the same image"
+        varied.append(first["mask_type"] != second["mask_type"] or first["color"] != second["color"])
+    assert np.mean(varied) > 0.5  # a different mask, not only a different seed
 
 def test_colour_and_pattern_show(chips):
     image, points = chips[7]
@@ -147,3 +171,54 @@ def test_a_mask_cut_by_the_image_border(chips):
     assert occ[-1].mean() > 100  # the mask reaches the bottom edge
     changed = np.abs(out.image.astype(int) - cut).max(2) > 0
     assert changed[-8:].mean() > 0.3 and not changed[: int(points[37:42, 1].min()) - 2].any()
+
+
+LOWER_LIDS = [40, 41, 46, 47]
+HIGHEST = WEAR_SHIFTS["high"] - 0.5  # worn high with the largest --wear-jitter MaskOptions accepts
+
+
+def below_lower_lids(nodes: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How far (px) each node lies below the lowest lower-eyelid landmark, measured along the
+    face's own "down" (perpendicular to the line through the eye centres: head roll included)."""
+    eyes = points[36:48].reshape(2, 6, 2).mean(1)
+    across = eyes[1] - eyes[0]
+    down = np.array([-across[1], across[0]]) / np.linalg.norm(across)
+    centre = eyes.mean(0)
+    return (nodes - centre) @ down - ((points[LOWER_LIDS] - centre) @ down).max()
+
+
+def rolled(image: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return cv2.warpAffine(image, turn, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+def eye_area(shape, points: np.ndarray) -> np.ndarray:
+    """The two eyes as filled polygons of their 6 landmarks each."""
+    area = np.zeros(shape, np.uint8)
+    for eye in (points[36:42], points[42:48]):
+        cv2.fillConvexPoly(area, cv2.convexHull(np.round(eye).astype(np.int32)), 255)
+    return area > 0
+
+
+def test_the_top_edge_stays_below_the_lower_eyelids_however_high_the_mask_is_worn(landmarker, chips):
+    """Worn high (a negative wear shift, down to the most --wear-jitter allows) the top edge
+    slides up the nose; on real faces (upright, rolled, turned) it still stays below the lower
+    eyelids, and the rendered mask paints no pixel of the eyes."""
+    with pytest.raises(ValueError, match="--wear-jitter"):
+        MaskOptions.parse(wear="high", wear_jitter=0.51)  # so HIGHEST is the highest a mask is ever worn
+    turned = [
+        (t, landmarker.aligned(t).points)
+        for image, _ in chips
+        for t in (yaw_warp(image, 0.3), yaw_warp(image[:, ::-1].copy(), 0.3)[:, ::-1].copy())
+    ]
+    tilted = [(t, landmarker.aligned(t).points) for image, _ in chips[::3] for t in (rolled(image, 20), rolled(image, -20))]
+    for name, fam in all_families().items():
+        for shift in (0.0, WEAR_SHIFTS["high"], HIGHEST):
+            for i, (image, points) in enumerate(chips + tilted + turned):
+                margin = below_lower_lids(anchor_grid(points, fam.fit, shift)[0], points)
+                assert (margin > 0).all(), f"{name}, wear shift {shift}: top edge above the lower eyelids on face {i}: {margin}"
+        for i, (image, points) in enumerate(turned):
+            occlusion = render_mask(image, points, replace(spec(name), wear_shift=HIGHEST)).occlusion
+            painted = (occlusion > 0) & eye_area(occlusion.shape, points)
+            assert not painted.any(), f"{name} worn high paints {painted.sum()} eye pixels on turned face {i}"

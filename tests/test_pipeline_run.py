@@ -72,3 +72,13 @@ def test_bad_option_values_in_a_file(tmp_path):
     job.write_text(f'[generate]\ninput = "{FACES}"\noutput = "{tmp_path / "o"}"\ntype = "n96"\n')
     result = invoke("run", job)
     assert result.exit_code == 2 and "--type: unknown value 'n96'" in result.stderr
+
+
+def test_run_flags_reach_the_stages_that_have_them_and_a_resuming_stage_keeps_its_checkpoint(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text('[generate]\ninput = "a"\noutput = "b"\n\n[train]\nconfig = "c.toml"\nresume = true\n')
+    generate, train = load_pipeline(job, COMMANDS)
+    flags = {"address": "head:6379", "overwrite": True, "quiet": True, "json": None}
+    assert generate.argv(generate.tables[0], flags) == ["a", "b", "--address", "head:6379", "--overwrite", "--quiet"]
+    argv = train.argv(train.tables[0], flags)
+    assert "--resume" in argv and "--overwrite" not in argv and "--address" not in argv  # train has no --address

@@ -159,13 +159,11 @@ def test_the_cli_and_command_module_do_not_import_torch():
 
 def test_two_processes_under_torchrun_train_one_model(faces, tmp_path):
     """DDP on the CPU (gloo): each rank takes half of every batch; rank 0 logs and saves."""
-    script = tmp_path / "train_entry.py"
-    script.write_text("import typer\nfrom maskgen.cli.recognition import train\ntyper.run(train)\n")
     out = tmp_path / "ddp"
     sets = [f"manifest={subset(faces, tmp_path / 'm.parquet', 16)}", "samples=false", "model=sphereface4",
             "batch_size=8", "num_workers=0", "max_steps=2", "log_every=1", f"out_dir={out}", "tensorboard=false"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-               "--quiet", *(arg for value in sets for arg in ("--set", value))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "maskgen.cli",
+               "train", "--quiet", *(arg for value in sets for arg in ("--set", value))]
     subprocess.run(command, check=True, timeout=120, capture_output=True)
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert checkpoint["step"] == 2 and checkpoint["world_size"] == 2

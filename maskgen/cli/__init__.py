@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rendering it with rich took longer than the rest of --help
 )
 
 COMMANDS = {  # --help lists them in this order: the order of the workflow

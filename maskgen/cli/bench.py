@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from maskgen.cli import options as opt
 from maskgen.cli.recognition import require_torch
@@ -22,7 +21,7 @@ def bench(
     Stages: decode, landmarks, fit + render, encode; then end to end through `maskgen mask`."""
     from maskgen.bench.masking import run_bench
 
-    run_bench(images, Console(), rounds)
+    run_bench(images, opt.console(), rounds)
 
 
 def bench_train(
@@ -50,6 +49,6 @@ def bench_train(
     from maskgen.recognition.train import TrainError
 
     try:
-        run_bench(model, batch_size, steps, rounds, manifest, workers, device, compile, Console())
+        run_bench(model, batch_size, steps, rounds, manifest, workers, device, compile, opt.console())
     except (ConfigError, ManifestError, TrainError, CheckpointError, ValueError) as exc:
         raise opt.fail(str(exc)) from None

@@ -6,12 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from maskgen.cli import options as opt
-
-err = Console(stderr=True)
 
 
 def trainset(
@@ -46,6 +42,8 @@ def trainset(
         write_trainset(rows, held, mapping, out, summary.num_classes)
     except (RunError, TrainsetError, OSError, ValueError) as exc:
         raise opt.fail(str(exc)) from None
+    from rich.table import Table
+
     table = Table(title=f"training manifest: {out}")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -57,7 +55,7 @@ def trainset(
     for reason, n in summary.left_out.most_common():
         if n:
             table.add_row(f"left out: {reason}", str(n))
-    Console().print(table)
+    opt.console().print(table)
 
 
 def pairs(
@@ -86,12 +84,14 @@ def pairs(
             write_lfw_pairs(plain, write_lfw, _source_root(sources[0]))
     except (PairsError, RunError, OSError, ValueError) as exc:
         raise opt.fail(str(exc)) from None
+    from rich.table import Table
+
     summary = Table(title=f"pairs: {out}")
     for col in ("pair type", "folds", "positive", "negative"):
         summary.add_column(col, justify="right")
     for pair_type, group in table.groupby("pair_type"):
         summary.add_row(pair_type, str(group.fold.nunique()), str(int(group.same.sum())), str(int((~group.same).sum())))
-    Console().print(summary)
+    opt.console().print(summary)
 
 
 def _source_root(path: Path) -> Path:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from maskgen.cli import options as opt
 
@@ -22,7 +21,7 @@ class EmbeddingProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=Console(stderr=True), disable=quiet, transient=True)
+                                 console=opt.console(stderr=True), disable=quiet, transient=True)
         self.task = None
 
     def start(self, total: int) -> None:
@@ -79,7 +78,7 @@ def evaluate(
     except OSError as exc:
         raise opt.fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:
-        console = Console()
+        console = opt.console()
         print_report(evaluation.report, console)
         timing = evaluation.timing
         console.print(f"{timing['images']} images embedded in {timing['embedding_s']:.1f} s, protocol {timing['protocol_s']:.2f} s; "

@@ -7,13 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from maskgen.cli import options as opt
-
-err = Console(stderr=True)
 
 
 def mask(
@@ -65,9 +60,11 @@ def mask(
         job = ImageJob(config)  # loads the models: a missing one is an error before any work
     except ModelNotFound as exc:
         raise opt.fail(str(exc)) from None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn("masking"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-        TimeRemainingColumn(), console=err, disable=quiet,
+        TimeRemainingColumn(), console=opt.console(stderr=True), disable=quiet,
     ) as progress:
         task = progress.add_task("mask", total=len(found.images), failed=0)
         failed = 0
@@ -85,24 +82,26 @@ def mask(
         _print_summary(rows, found, out)
     bugs = sum(r["error"].startswith(INTERNAL_ERROR) for r in rows)
     if bugs:  # a bug in maskgen, not a bad image: the run is complete, but say so loudly
-        err.print(f"[bold red]{bugs} rows hit an internal error[/bold red] (a bug, not a bad image); "
+        opt.console(stderr=True).print(f"[bold red]{bugs} rows hit an internal error[/bold red] (a bug, not a bad image); "
                   f"see their `error` in {out / 'manifest.parquet'}", highlight=False)
         raise typer.Exit(1)
 
 
 def _print_summary(rows: list[dict], found, out: Path) -> None:
+    from rich.table import Table
+
     statuses = Counter(r["status"] for r in rows)
     table = Table(title=f"{len(found.images)} images -> {out}")
     table.add_column("status")
     table.add_column("rows", justify="right")
     for status, count in statuses.most_common():
         table.add_row(status, str(count))
-    Console().print(table)
+    opt.console().print(table)
     for row in [r for r in rows if r["status"] != "ok"][:5]:
-        err.print(f"[yellow]{row['status']}[/yellow] {row['src_path']}: {row['error']}", highlight=False)
+        opt.console(stderr=True).print(f"[yellow]{row['status']}[/yellow] {row['src_path']}: {row['error']}", highlight=False)
     if found.skipped:
         skipped = ", ".join(f"{n} {suffix}" for suffix, n in found.skipped.most_common())
-        err.print(f"[dim]not images by their suffix, left alone: {skipped}[/dim]")
+        opt.console(stderr=True).print(f"[dim]not images by their suffix, left alone: {skipped}[/dim]")
 
 
 def preview(
@@ -119,6 +118,6 @@ def preview(
         target = write_sheet(run_dir, out or run_dir / "preview.png", rows, source)
     except (PreviewError, RunError, OSError) as exc:
         raise opt.fail(str(exc)) from None
-    Console().print(f"contact sheet: {target}")
+    opt.console().print(f"contact sheet: {target}")
 
 

@@ -6,8 +6,6 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from maskgen.faces.layouts import LAYOUTS
 from maskgen.masks.families import FAMILIES
@@ -34,11 +32,20 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and 
 EXIT_USAGE = 2  # a user mistake: bad input, options or output
 
 
+def console(stderr: bool = False):
+    """A rich console (rich is imported here, on first output: `--help` does not need it)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
 def fail(message: str, *, code: int = EXIT_USAGE, as_json: bool = False) -> typer.Exit:
     """Print `error: message` on one line (stderr; also a JSON object on stdout with
     as_json) and return the typer.Exit to raise. The message is escaped: a path with
     [brackets] is shown as it is, never read as rich markup."""
     if as_json:
         print(json.dumps({"error": message}))
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from maskgen.cli import options as opt
 
@@ -57,7 +56,9 @@ class Stage:
         args = [_text(value) for key in POSITIONAL[self.name] for value in _listed(table[key])]
         flags = {key: value for key, value in run_flags.items() if key in self.options()} | {
             key: value for key, value in table.items() if key not in POSITIONAL[self.name]}
-        if run_flags.get("address"):
+        if table.get("resume"):
+            flags.pop("overwrite", None)  # a stage that resumes (train) keeps its checkpoint under run --overwrite
+        if run_flags.get("address") and "address" in self.options():
             flags["address"] = run_flags["address"]  # the command line overrides the file
         for key, value in flags.items():
             flag = "--" + key.replace("_", "-")
@@ -115,7 +116,7 @@ def run_stage(stage: Stage, run_flags: dict) -> None:
             from maskgen.cli.reports import print_inspection
             from maskgen.datasets.inspection import inspect_output
 
-            console = Console()
+            console = opt.console()
             console.rule("inspect")
             print_inspection(inspect_output(Path(_text(table["output"]))), console, short=True)
 
@@ -146,7 +147,7 @@ def run(
     except PipelineError as exc:
         raise opt.fail(str(exc), as_json=as_json) from None
     run_flags = {"address": address, "overwrite": overwrite or None, "quiet": quiet or None, "json": as_json or None}
-    console = Console(stderr=True)
+    console = opt.console(stderr=True)
     for stage in stages:
         if not (quiet or as_json):
             console.rule(f"[bold]{stage.name}[/bold] ({stage.source})")

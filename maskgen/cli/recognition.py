@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from maskgen.cli import options as opt
 
@@ -57,17 +56,17 @@ def train(
         raise opt.fail("--resume and --overwrite exclude each other")
     try:
         settings = load_config(config or SMOKE_CONFIG, overrides or [])
-        result = run_training(settings, resume=resume, overwrite=overwrite, console=None if quiet else Console(),
+        result = run_training(settings, resume=resume, overwrite=overwrite, console=None if quiet else opt.console(),
                               make_progress=make_progress)
     except (ConfigError, ManifestError, TrainError, CheckpointError, DeviceError) as exc:
         raise opt.fail(str(exc)) from None
     if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks
         return
     if result.trained == 0:
-        Console().print(f"nothing to do: {result.checkpoint} is at step {result.step} = max_steps "
+        opt.console().print(f"nothing to do: {result.checkpoint} is at step {result.step} = max_steps "
                         "(raise it with --set max_steps=N to train on)", highlight=False)
     else:
-        Console().print(f"step {result.step}: loss {result.loss:.4f}, accuracy {result.acc:.3f}, "
+        opt.console().print(f"step {result.step}: loss {result.loss:.4f}, accuracy {result.acc:.3f}, "
                         f"{result.skipped} image(s) skipped; checkpoint: {result.checkpoint}", highlight=False)
 
 
@@ -89,7 +88,7 @@ def export(
         target = export_embedder(checkpoint, out or checkpoint.with_name("embedder.pt2"))
     except (TrainError, CheckpointError) as exc:
         raise opt.fail(str(exc)) from None
-    Console().print(f"embedder: {target}", highlight=False)
+    opt.console().print(f"embedder: {target}", highlight=False)
 
 
 def make_progress(console, total: int, start: int):

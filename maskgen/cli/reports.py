@@ -162,3 +162,9 @@ def print_inspection(report: dict, console: Console, top: int = 10, short: bool 
         console.print("[bold]failure examples[/bold]")
         for ex in report["failure_examples"][:top]:
             console.print(f"  [red]{ex['status']}[/red] {escape(ex['src_path'])}: {escape(ex['error'])}", highlight=False, soft_wrap=True)
+
+
+class FramesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:5.1f} frames/s" if speed else "  ... frames/s", style="progress.data.speed")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from maskgen.cli import options as opt
 
@@ -83,12 +82,12 @@ def run_generate_request(request, *, quiet: bool = False, as_json: bool = False,
     except OSError as exc:  # OUT_DIR not writable, disk full while planning...
         raise opt.fail(f"{exc.filename or request.out_dir}: {exc.strerror or exc}", as_json=as_json) from None
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
+        opt.console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         print(json.dumps(summary.to_dict()))  # one line: `maskgen run --json` prints one per stage
     elif not quiet:
-        print_summary(summary, Console(), label)
+        print_summary(summary, opt.console(), label)
     if summary.exit_code:
         raise typer.Exit(EXIT_FAILED_SHARDS)
     return summary
@@ -166,4 +165,4 @@ def inspect(
     if as_json:
         print(json.dumps(report, indent=1))
     else:
-        print_inspection(report, Console(), top=top)
+        print_inspection(report, opt.console(), top=top)

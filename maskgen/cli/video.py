@@ -9,20 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from maskgen.cli import options as opt
 
 EXIT_INTERRUPTED = 130
-err = Console(stderr=True)
-
-
-class FramesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:5.1f} frames/s" if speed else "  ... frames/s", style="progress.data.speed")
 
 
 def video(
@@ -59,9 +49,13 @@ def video(
         source = open_video(in_video)
     except (ValueError, VideoError) as exc:
         raise opt.fail(str(exc)) from None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from maskgen.cli.reports import FramesPerSecond
+
     try:
         with Progress(TextColumn("masking"), BarColumn(), MofNCompleteColumn(), FramesPerSecond(),
-                      TimeRemainingColumn(), console=err, disable=quiet, transient=True) as progress:
+                      TimeRemainingColumn(), console=opt.console(stderr=True), disable=quiet, transient=True) as progress:
             task = progress.add_task("video", total=source.frame_count)
             summary = mask_video(source, out_video, options, seed, config, side_by_side,
                                  on_frame=lambda _: progress.advance(task))
@@ -74,14 +68,14 @@ def video(
     if not quiet:
         width, height = summary.size
         rate = summary.frames / max(summary.seconds, 1e-9)
-        Console().print(
+        opt.console().print(
             f"{out_video}: {summary.frames} frames, {width}x{height}, {summary.fps:.2f} fps, no audio; "
             f"{summary.tracks} face track(s), faces in {summary.frames_with_faces} frames "
             f"(up to {summary.most_faces} at once); {rate:.1f} frames/s",
             highlight=False, soft_wrap=True,
         )
     if summary.announced and summary.frames < summary.announced - 1:
-        err.print(f"[yellow]read {summary.frames} of the {summary.announced} frames the file announces: "
+        opt.console(stderr=True).print(f"[yellow]read {summary.frames} of the {summary.announced} frames the file announces: "
                   "the rest could not be decoded[/yellow]", highlight=False)
     if summary.render_failures:
-        err.print(f"[yellow]{summary.render_failures} face(s) could not be masked (degenerate landmarks)[/yellow]")
+        opt.console(stderr=True).print(f"[yellow]{summary.render_failures} face(s) could not be masked (degenerate landmarks)[/yellow]")
