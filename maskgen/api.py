@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MaskedFace:
-    image: np.ndarray  # BGR uint8, the masked image (same size as the input)
+    image: np.ndarray  # uint8, the masked image: same size and channels as the input (grey stays grey)
     occlusion: np.ndarray  # HxW uint8, 255 where the mask covers the face
     record: dict  # every parameter (mask spec, seed, coverage, landmarks): what a manifest row holds
 
@@ -33,8 +33,12 @@ def mask_image(
     type, color, pattern, wear, wear_jitter, texture_weight (same strings, e.g.
     type="surgical:0.7,n95:0.3"). The same seed gives the same pixels. Raises ValueError for
     a bad option, LookupError when no face is found, maskgen.RenderError when the landmarks do
-    not fit the image."""
+    not fit the image. The mask takes the photo's own saturation and colour cast (a grey photo
+    gets a grey mask: maskgen.masks.grading)."""
+    import cv2
+
     from maskgen.faces.landmarks import Landmarker
+    from maskgen.masks.grading import grey_grade
     from maskgen.masks.options import MaskOptions
     from maskgen.masks.render import render_mask
 
@@ -47,9 +51,10 @@ def mask_image(
         landmarks = faces[0].points
     points = np.asarray(landmarks, dtype=np.float32).reshape(68, 2)
     spec = MaskOptions.parse(**mask_options).sample(seed)
-    rendered = render_mask(bgr, points, spec)
+    rendered = render_mask(bgr, points, spec, grey_grade() if image.ndim == 2 else None)
     record = asdict(spec) | {"coverage": rendered.coverage, "landmarks": points.tolist()}
-    return MaskedFace(rendered.image, rendered.occlusion, record)
+    out = cv2.cvtColor(rendered.image, cv2.COLOR_BGR2GRAY) if image.ndim == 2 else rendered.image  # grey stays grey
+    return MaskedFace(out, rendered.occlusion, record)
 
 
 def generate_tree(

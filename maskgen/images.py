@@ -100,6 +100,18 @@ class Decoded:
     jpeg_quality: int | None  # estimated libjpeg quality of a JPEG, else None
 
 
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # one-channel files
+
+
+def color_mode(image: Decoded) -> str:
+    """How an image holds colour: "gray" (a one-channel file: written back as one channel),
+    "gray_rgb" (three equal channels: grey stored as colour) or "color"."""
+    if image.mode in GRAY_MODES:
+        return "gray"
+    b, g, r = cv2.split(image.bgr)
+    return "gray_rgb" if cv2.countNonZero(cv2.absdiff(b, g)) == 0 and cv2.countNonZero(cv2.absdiff(g, r)) == 0 else "color"
+
+
 def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Decoded:
     """Read and decode the file at `path`; every failure is an ImageError."""
     try:
@@ -326,7 +338,8 @@ def encode_image(bgr: np.ndarray, format: str, quality: int | None = None) -> by
     if name not in _WRITABLE:
         raise ValueError(f"cannot encode format {format!r}; writable: {', '.join(_WRITABLE)}")
     _check_array(bgr, "image", channels=(None, 3))
-    return _imencode(_WRITABLE[name], bgr, _encode_params(name, quality))
+    ext = ".pgm" if name == "PPM" and bgr.ndim == 2 else _WRITABLE[name]  # one channel: P5, not P6
+    return _imencode(ext, bgr, _encode_params(name, quality))
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: color_mode
 
 # Parquet schema metadata keys (bytes, as pyarrow hands them back)
 SCHEMA_VERSION_KEY = "maskgen.schema_version"
@@ -60,6 +60,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("seed", pa.uint64()),  # the variant's own seed: hash(global seed, src_path, variant)
         ("coverage", pa.float32()),  # fraction of the face box covered by the mask
         ("landmarks", pa.list_(pa.float32(), 136)),  # 68 (x, y) pairs, flattened; null on failure
+        ("color_mode", pa.string()),  # the input's: gray (one channel: so is the output), gray_rgb (B = G = R: so is the mask), color
         ("status", pa.string()),
         ("error", pa.string()),  # one-line message; "" when ok
         ("elapsed_ms", pa.float32()),

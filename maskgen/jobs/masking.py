@@ -17,8 +17,9 @@ import numpy as np
 from maskgen.errors import one_line
 from maskgen.faces.landmarks import Face, Landmarker, to_gray
 from maskgen.files import write_atomic
-from maskgen.images import Decoded, ImageError, decode_image, encode_image, encode_mask, format_name, output_format
+from maskgen.images import Decoded, ImageError, color_mode, decode_image, encode_image, encode_mask, format_name, output_format
 from maskgen.jobs.protocol import Input
+from maskgen.masks.grading import grey_grade
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
 from maskgen.schemas import MANIFEST_SCHEMA, identity_of
@@ -72,12 +73,13 @@ class _Item:
     base: dict = field(init=False)  # the columns every row of this input shares
     data: bytes | None = None  # the file's bytes, kept for --keep-original copies
     image: Decoded | None = None
+    color_mode: str = ""  # gray | gray_rgb | color (images.color_mode): grey photos get grey masks
     faces: list[Face] = field(default_factory=list)
     rows: list[dict] | None = None  # set once the input is done (or failed)
     elapsed: float = 0.0  # seconds this input spent in the stages
 
     def __post_init__(self):
-        self.base = {"identity": identity_of(self.rel), "src_path": self.rel}
+        self.base = {"identity": identity_of(self.rel), "src_path": self.rel, "color_mode": ""}
 
 
 class ImageJob:
@@ -135,6 +137,8 @@ class ImageJob:
         try:
             data = Path(item.src).read_bytes()
             item.image = decode_image(data)
+            item.color_mode = color_mode(item.image)
+            item.base["color_mode"] = item.color_mode
             item.data = data if self.config.keep_original else None  # held across the batch only if copied
         except OSError as err:
             self._failed(item, "decode_error", f"cannot read the file: {err.strerror or err}")
@@ -150,10 +154,10 @@ class ImageJob:
         image, rel = item.image, item.rel
         fmt, ext = output_format(self.config.image_format or image.format)
         original, masked = output_names(rel, self._keep_extension(rel, fmt, image.format, ext), self.config)
-        rows = [self._write_original(item.base, original, item.data, image, fmt, item.faces[0])] if original else []
+        rows = [self._write_original(item, original, fmt)] if original else []
         quality = self.config.quality or image.jpeg_quality
         for k, out_rel in enumerate(masked):
-            rows += self._variant(item.base, image.bgr, item.faces, k, out_rel, fmt, quality)
+            rows += self._variant(item, k, out_rel, fmt, quality)
         item.rows, item.data, item.image = rows, None, None  # done with the pixels
 
     # -- steps -------------------------------------------------------------------------
@@ -170,20 +174,22 @@ class ImageJob:
             return [self.landmarker.aligned(gray)]
         return self.landmarker.detect(bgr)
 
-    def _variant(self, base, bgr, faces, k, out_rel, fmt, quality) -> list[dict]:
+    def _variant(self, item: _Item, k, out_rel, fmt, quality) -> list[dict]:
         """One masked variant: every face in the image gets its own mask."""
-        specs, image, occlusion, coverages = [], bgr, None, []
+        base, faces = item.base, item.faces
+        specs, image, occlusion, coverages = [], item.image.bgr, None, []
+        grade = None if item.color_mode == "color" else grey_grade()  # None: the photo's own (render_mask)
         try:
             for i, face in enumerate(faces):
                 key = base["src_path"] if i == 0 else f"{base['src_path']}#face{i}"
                 spec = self.options.sample(variant_seed(self.config.seed, key, k))
-                rendered = render_mask(image, face.points, spec)
+                rendered = render_mask(image, face.points, spec, grade)
                 image = rendered.image
                 occlusion = rendered.occlusion if occlusion is None else np.maximum(occlusion, rendered.occlusion)
                 specs.append(spec)
                 coverages.append(rendered.coverage)
             mask_rel = occlusion_name(out_rel)
-            payload = {out_rel: encode_image(image, fmt, quality), mask_rel: encode_mask(occlusion)}
+            payload = {out_rel: encode_image(_as_input(image, item.color_mode), fmt, quality), mask_rel: encode_mask(occlusion)}
         except (RenderError, ValueError) as err:
             return [self._row(base, f, k, None, "render_error", err, i) for i, f in enumerate(faces)]
         rows = []
@@ -194,11 +200,12 @@ class ImageJob:
         rows[0]["_payload"] = payload
         return rows
 
-    def _write_original(self, base, out_rel, data, image, fmt, face) -> dict:
+    def _write_original(self, item: _Item, out_rel, fmt) -> dict:
         # Same format: copy the bytes (no re-encoding loss); else convert once.
+        image = item.image
         same = fmt == image.format
-        payload = data if same else encode_image(image.bgr, fmt, self.config.quality or image.jpeg_quality)
-        row = self._row(base, face, -1, None, "ok", "", 0)
+        payload = item.data if same else encode_image(_as_input(image.bgr, item.color_mode), fmt, self.config.quality or image.jpeg_quality)
+        row = self._row(item.base, item.faces[0], -1, None, "ok", "", 0)
         row.update(variant="original", out_path=out_rel, _payload={out_rel: payload})
         return row
 
@@ -249,6 +256,12 @@ class ImageJob:
         """Keep the input's own extension (.jpeg, .JPG) when the format does not change."""
         suffix = PurePosixPath(rel).suffix
         return suffix if fmt == in_fmt and suffix else ext
+
+
+def _as_input(bgr: np.ndarray, mode: str) -> np.ndarray:
+    """The pixels in the input's own colour mode: a one-channel input is written as one
+    channel (its unmasked pixels, B = G = R, convert back exactly)."""
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if mode == "gray" else bgr
 
 
 def build_job_config(

@@ -3,7 +3,8 @@
 1. geometry: anchor grid from the landmarks (geometry.py);
 2. warp: a thin-plate spline from image to template space through the anchors, evaluated on
    a coarse lattice and upsampled (the spline is smooth), then one cv2.remap;
-3. shade: the mask's colour x its relief x the face's own low-frequency illumination;
+3. shade: the mask's colour (graded to the photo's saturation and cast: grading.py) x its
+   relief x the face's own low-frequency illumination;
 4. camera match: the image's noise level, a slight blur, feathered edges and a faint
    contact shadow on the skin around the mask; straps towards the ears.
 All on the mask's bounding box only, in a few dozen cv2/numpy calls (each costs more in call
@@ -21,6 +22,7 @@ from PIL import ImageColor
 
 from maskgen.masks.families import family
 from maskgen.masks.geometry import U, V, anchor_grid
+from maskgen.masks.grading import photo_grade
 from maskgen.masks.options import MaskSpec
 from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, pattern, template
 
@@ -186,8 +188,10 @@ def _seeded_offsets(seed: int, ny: int, nx: int, salt: int) -> tuple[int, int]:
     return bits % ny, (bits // ny) % nx
 
 
-def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered:
-    """`bgr` with the mask `spec` fitted to the face whose 68 landmarks are `points`."""
+def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec, grade: np.ndarray | None = None) -> Rendered:
+    """`bgr` with the mask `spec` fitted to the face whose 68 landmarks are `points`; the
+    mask's colours go through `grade` (3x3, BGR; default: grading.photo_grade of the photo:
+    the photo's own saturation and colour cast; grading.grey_grade() for a grey photo)."""
     fam = family(spec.mask_type)
     grid = anchor_grid(points, fam.fit, spec.wear_shift)
     face_w = float(np.hypot(*(points[16] - points[0])))
@@ -195,6 +199,7 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
         raise RenderError("landmarks do not fit the image: the face is far wider than the photo")
     margin = 3 + int(0.04 * face_w)
     x0, y0, x1, y1 = _mask_box(grid, bgr.shape, margin)
+    grade = photo_grade(bgr, points) if grade is None else grade
     roi = bgr[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
 
@@ -202,6 +207,7 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     alpha = cv2.min(alpha, _inside_grid(grid, x0, y0, x1 - x0, y1 - y0, margin))
     shade, exposure = _shading(gray, alpha)
     layers, colors = _albedo(spec, relief, shade, accent, pat)
+    colors = [grade @ color for color in colors]
     alpha = alpha.astype(np.float32) * np.float32(1 / 255)
     feather = max(0.6, 0.008 * face_w)
     blended, alpha = _composite(roi, gray, layers, colors, alpha, feather, spec.seed)
@@ -210,7 +216,7 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec) -> Rendered
     out[y0:y1, x0:x1] = blended
     occlusion = np.zeros(bgr.shape[:2], np.uint8)
     occlusion[y0:y1, x0:x1] = cv2.compare(alpha, 0.5, cv2.CMP_GT)
-    _draw_straps(out, occlusion, fam.straps, grid, points, _rgb01(spec.color) * exposure)
+    _draw_straps(out, occlusion, fam.straps, grid, points, grade @ _rgb01(spec.color) * exposure)
     return Rendered(out, occlusion, _coverage(occlusion, points))
 
 
