@@ -152,7 +152,8 @@ def test_a_half_desaturated_photo_gets_a_paler_mask_and_a_natural_one_keeps_its_
     assert max(ratios) < 0.9 and np.mean(ratios) < 0.75, np.round(ratios, 2)  # measured: 0.49..0.85, mean 0.65
 
 
-def test_the_grade_is_identity_free_for_unusable_photos():
+def test_a_photo_too_dark_to_measure_keeps_the_masks_own_colours():
     dark = np.zeros((150, 150, 3), np.uint8)
+    dark[..., 2] = 12  # a colour photo, but too dark to measure
     points = np.tile(np.array([[75.0, 75.0]], np.float32), (68, 1))
     assert np.allclose(photo_grade(dark, points), np.eye(3))  # too dark to tell: the mask as it is
