@@ -66,8 +66,9 @@ def _thin_plate(src: np.ndarray, dst: np.ndarray, query: np.ndarray) -> np.ndarr
     return _tps_kernel(query, src) @ w[:n] + w[n] + query @ w[n + 1 :]
 
 
-def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every pixel of the box, where to sample the template: cv2.remap's fixed-point maps."""
+def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """For every pixel of the box, where to sample the template (resized by `zoom`):
+    cv2.remap's fixed-point maps."""
     scale = max(w, h)
     src = (grid.reshape(-1, 2) - (x0, y0)) / scale  # normalised for a well-conditioned solve
     # Lattice nodes where cv2.resize puts the source samples, so the upsampling is exact there.
@@ -75,7 +76,7 @@ def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int) -> tuple[
     ys = ((np.arange(_LATTICE) + 0.5) * h / _LATTICE - 0.5) / scale
     query = np.empty((_LATTICE, _LATTICE, 2))
     query[..., 0], query[..., 1] = xs[None, :], ys[:, None]
-    coarse = _thin_plate(src, _TEMPLATE_XY, query.reshape(-1, 2)).reshape(_LATTICE, _LATTICE, 2).astype(np.float32)
+    coarse = _thin_plate(src, _TEMPLATE_XY * zoom, query.reshape(-1, 2)).reshape(_LATTICE, _LATTICE, 2).astype(np.float32)
     fine = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
     return cv2.convertMaps(fine, None, cv2.CV_16SC2)
 
@@ -147,6 +148,16 @@ def _straps(fam_straps: str, grid: np.ndarray, points: np.ndarray, color: np.nda
     return lines, strap_color, thickness
 
 
+SHADING_CELLS = 15  # the face's light is measured on cells of 1/15 of the face's width (8 px on a 150 px chip)
+
+
+def camera_scale(face_w: float) -> float:
+    """How the camera's softness (blur, edge feather) follows the face: 1 for a face 120 px
+    wide (a 150 px dlib chip), slower than the face size (a large face is a closer or sharper
+    shot, not only a blurrier one)."""
+    return max(0.5, (face_w / 120) ** 0.5)
+
+
 def _mask_box(grid: np.ndarray, shape, margin: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1): the anchors' bounding box grown by margin, clipped to the image."""
     if not np.isfinite(grid).all():
@@ -158,13 +169,14 @@ def _mask_box(grid: np.ndarray, shape, margin: int) -> tuple[int, int, int, int]
     return x0, y0, x1, y1
 
 
-def _shading(gray: np.ndarray, under: np.ndarray) -> tuple[np.ndarray, float]:
+def _shading(gray: np.ndarray, under: np.ndarray, cell: int) -> tuple[np.ndarray, float]:
     """The face's own low-frequency illumination, relative to its mean where `under` is set
-    (the mask), times an exposure factor (a mask in a dark photo is dark too). Worked out at
-    1/8 size on whole 8x8 cells (cv2's fast path): the box is padded by its edge pixels."""
+    (the mask), times an exposure factor (a mask in a dark photo is dark too). Worked out on
+    whole cell x cell blocks (cv2's fast path; the box is padded by its edge pixels), the cell
+    a fixed fraction of the face: light, not the mouth and nose under the mask, at any size."""
     h, w = gray.shape
-    padded = cv2.copyMakeBorder(gray, 0, -h % 8, 0, -w % 8, cv2.BORDER_REPLICATE)
-    small = cv2.resize(padded, (padded.shape[1] // 8, padded.shape[0] // 8), interpolation=cv2.INTER_AREA)
+    padded = cv2.copyMakeBorder(gray, 0, -h % cell, 0, -w % cell, cv2.BORDER_REPLICATE)
+    small = cv2.resize(padded, (padded.shape[1] // cell, padded.shape[0] // cell), interpolation=cv2.INTER_AREA)
     light = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 1.0)
     mean_light = cv2.mean(gray, under)[0]
     exposure = min(max(mean_light / 150.0, 0.45), 1.1)
@@ -205,12 +217,12 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec, grade: np.n
 
     alpha, relief, accent, pat = _warp_texture(spec, grid, (x0, y0, x1, y1), margin)
     alpha = cv2.min(alpha, _inside_grid(grid, x0, y0, x1 - x0, y1 - y0, margin))
-    shade, exposure = _shading(gray, alpha)
+    size = camera_scale(face_w)
+    shade, exposure = _shading(gray, alpha, max(4, round(face_w / SHADING_CELLS)))
     layers, colors = _albedo(spec, relief, shade, accent, pat)
     colors = [grade @ color for color in colors]
     alpha = alpha.astype(np.float32) * np.float32(1 / 255)
-    feather = max(0.6, 0.008 * face_w)
-    blended, alpha = _composite(roi, gray, layers, colors, alpha, feather, spec.seed)
+    blended, alpha = _composite(roi, gray, layers, colors, alpha, 0.96 * size, spec.seed, 0.6 * size)
 
     out = bgr.copy()
     out[y0:y1, x0:x1] = blended
@@ -229,7 +241,13 @@ def _warp_texture(spec: MaskSpec, grid: np.ndarray, box, margin: int) -> list[np
         texture = texture.copy()
         texture[..., 3] = pattern(spec.pattern)[oy : oy + TEMPLATE_H, ox : ox + TEMPLATE_W]
     x0, y0, x1, y1 = box
-    maps, fractions = _template_maps(grid, x0, y0, x1 - x0, y1 - y0)
+    # A small face samples the template sparsely: shrink it to about the box's size first
+    # (an area filter), so fine patterns do not alias.
+    zoom = min(1.0, 2 * (x1 - x0) / TEMPLATE_W)  # bilinear sampling is fine down to half size
+    if zoom < 1.0:
+        texture = cv2.resize(texture, (max(8, round(TEMPLATE_W * zoom)), max(6, round(TEMPLATE_H * zoom))), interpolation=cv2.INTER_AREA)
+        zoom = texture.shape[1] / TEMPLATE_W
+    maps, fractions = _template_maps(grid, x0, y0, x1 - x0, y1 - y0, zoom)
     return cv2.split(cv2.remap(texture, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT))
 
 
@@ -250,11 +268,11 @@ def _albedo(spec: MaskSpec, relief, shade, accent, pat) -> tuple[list[np.ndarray
     return layers, colors
 
 
-def _composite(roi, gray, layers, colors, alpha, feather: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _composite(roi, gray, layers, colors, alpha, feather: float, seed: int, blur: float) -> tuple[np.ndarray, np.ndarray]:
     """Camera match (a slight blur, the photo's own noise level, a feathered edge), then the
     mask over the skin, which gets a faint contact shadow around it. cv2.transform mixes the
     grey layers into BGR in one pass. -> (the box's pixels, uint8; the feathered alpha)."""
-    layers = [cv2.GaussianBlur(layer, (0, 0), 0.6) for layer in layers]
+    layers = [cv2.GaussianBlur(layer, (0, 0), blur) for layer in layers]
     sigma = _noise_sigma(gray)
     if sigma > 0.3:  # noise is added after the blur: it is the camera's, not the fabric's
         layers.append(_noise(seed, *gray.shape) * np.float32(sigma))
