@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: color_mode
+from maskgen.masks.quality import QA_SIGNALS
+
+SCHEMA_VERSION = "2"  # 2: color_mode and the qa_ signals
 
 # Parquet schema metadata keys (bytes, as pyarrow hands them back)
 SCHEMA_VERSION_KEY = "maskgen.schema_version"
@@ -40,6 +42,7 @@ STATUSES = (
     "no_face",  # wild mode: the detector found no face; aligned mode: a blank crop
     "render_error",  # fitting/rendering the mask failed
     "write_error",  # the output could not be written
+    "qa_reject",  # rendered, but failed the quality checks (--qa-reject): its image is not written
 )
 
 MANIFEST_SCHEMA = pa.schema(
@@ -60,6 +63,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("seed", pa.uint64()),  # the variant's own seed: hash(global seed, src_path, variant)
         ("coverage", pa.float32()),  # fraction of the face box covered by the mask
         ("landmarks", pa.list_(pa.float32(), 136)),  # 68 (x, y) pairs, flattened; null on failure
+        *[(name, pa.float32()) for name in QA_SIGNALS],  # the render's quality signals (masks.quality); null when not rendered
         ("color_mode", pa.string()),  # the input's: gray (one channel: so is the output), gray_rgb (B = G = R: so is the mask), color
         ("status", pa.string()),
         ("error", pa.string()),  # one-line message; "" when ok

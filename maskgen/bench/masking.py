@@ -1,6 +1,6 @@
 """`maskgen bench`: where the time goes per image, on one core.
 
-Per stage (decode, landmarks, fit + render, encode), run a batch at a time as ImageJob does,
+Per stage (decode, landmarks, fit + render, qa, encode), run a batch at a time as ImageJob does,
 on distinct faces made from the sample chips (each chip, mirrored and slightly turned:
 the landmark step costs about twice as much on a new face as on one it has just seen), at
 the chips' native 150x150 and as 112x96 SphereFace crops. Then end to end through
@@ -31,10 +31,11 @@ from maskgen.faces.landmarks import Landmarker, to_gray
 from maskgen.images import decode_image, encode_image, encode_mask
 from maskgen.jobs.protocol import BATCH_SIZE
 from maskgen.masks.options import MaskOptions, variant_seed
+from maskgen.masks.quality import measure
 from maskgen.masks.render import render_mask
 
 TURNS = (-6, -3, 0, 3, 6)  # degrees: each chip and its mirror image, turned in the image plane
-STAGES = ("decode", "landmarks", "fit + render", "encode")
+STAGES = ("decode", "landmarks", "fit + render", "qa", "encode")  # qa: masks.quality.measure, every signal
 
 
 def distinct_faces(size: str, landmarker: Landmarker) -> list[bytes]:
@@ -70,11 +71,14 @@ def stage_times(data: list[bytes], n: int, landmarker: Landmarker) -> dict[str, 
             for i, (image, face) in enumerate(zip(images, faces))
         ]
         t3 = time.perf_counter()
+        for image, face, out in zip(images, faces, rendered):
+            measure(face.points, out.occlusion, image.bgr.shape, image.bgr)  # as ImageJob: the photo before its mask
+        t4 = time.perf_counter()
         for image, out in zip(images, rendered):
             encode_image(out.image, "JPEG", image.jpeg_quality)
             encode_mask(out.occlusion)
-        t4 = time.perf_counter()
-        for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+        t5 = time.perf_counter()
+        for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             totals[key] += dt
     return {k: v / n * 1e3 for k, v in totals.items()}
 

@@ -29,6 +29,8 @@ def mask(
     seed: opt.Seed = 0,
     image_format: opt.ImageFormat = None,
     quality: opt.Quality = None,
+    qa_reject: opt.QAReject = False,
+    qa_thresholds: opt.QAThresholds = "default",
     quiet: opt.Quiet = False,
 ) -> None:
     """Put masks on the faces in images or folders, in one process.
@@ -44,7 +46,7 @@ def mask(
         config = build_job_config(
             aligned=aligned, layout=layout, detector=detector, upsample=upsample, mask_type=mask_type, color=color,
             pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight, variants=variants,
-            keep_original=keep_original, seed=seed, image_format=image_format, quality=quality,
+            keep_original=keep_original, seed=seed, image_format=image_format, quality=quality, qa_reject=qa_reject, qa_thresholds=qa_thresholds,
         )
     except ValueError as exc:
         raise opt.fail(str(exc)) from None

@@ -11,7 +11,7 @@ from maskgen.faces.layouts import LAYOUTS
 from maskgen.masks.families import FAMILIES
 from maskgen.masks.options import PATTERNS, WEAR_SHIFTS
 
-MaskType = Annotated[str, typer.Option("--type", help=f"Mask types: random, one of {', '.join(FAMILIES)}, or weights like surgical:0.7,n95:0.3.")]
+MaskType = Annotated[str, typer.Option("--type", help=f"Mask types: random, one of {', '.join(FAMILIES)}, a family file (my_mask.json, from `maskgen template new`) or a name from $MASKGEN_MASKS, or weights like surgical:0.7,n95:0.3.")]
 Color = Annotated[str, typer.Option("--color", help="Colours: random (each type's own palette) or a comma list of CSS names / #hex.")]
 Pattern = Annotated[str, typer.Option("--pattern", help=f"Patterns: random (each type's own mix), one of {', '.join(PATTERNS)}, or weights like plain:0.8,stripes:0.2.")]
 Wear = Annotated[str, typer.Option("--wear", help=f"How masks are worn: one of {', '.join(WEAR_SHIFTS)}, or weights like proper:0.8,nose:0.1,chin:0.1 (nose = nose exposed, chin = on the chin).")]
@@ -26,6 +26,8 @@ Detector = Annotated[str, typer.Option("--detector", help="Face detector for --w
 Upsample = Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, help="HOG upsampling for --wild (finds smaller faces, ~4x time each); default 1 up to 2000 px, else 0.")]
 ImageFormat = Annotated[Optional[str], typer.Option("--format", help="Output image format: jpg, png, webp... (default: the input's own).")]
 Quality = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality (default: the input's own, estimated from its tables).")]
+QAReject = Annotated[bool, typer.Option("--qa-reject/--no-qa-reject", help="A render that fails the quality checks (eyes covered, mask off the face, landmarks that are no face...) becomes a qa_reject row and its image is not written. The checks' signals are in the manifest either way.")]
+QAThresholds = Annotated[str, typer.Option("--qa-thresholds", help="The quality checks' thresholds: default, or key=value,... overriding some (e.g. max_shape=0.4,min_face=-1); the keys are in maskgen/masks/quality.py.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; errors only.")]
 
 

@@ -148,6 +148,8 @@ def print_inspection(report: dict, console: Console, top: int = 10, short: bool 
             f"median {cov['p50']:.3f}, p95 {cov['p95']:.3f} (min {cov['min']:.3f}, max {cov['max']:.3f})",
             soft_wrap=True,
         )
+    if "qa" in report:
+        _print_qa(report["qa"], console, top, short)
     if short:
         return
     ids = report["identities"]
@@ -162,6 +164,32 @@ def print_inspection(report: dict, console: Console, top: int = 10, short: bool 
         console.print("[bold]failure examples[/bold]")
         for ex in report["failure_examples"][:top]:
             console.print(f"  [red]{ex['status']}[/red] {escape(ex['src_path'])}: {escape(ex['error'])}", highlight=False, soft_wrap=True)
+
+
+def _print_qa(qa: dict, console: Console, top: int, short: bool) -> None:
+    """The qa section: how many rendered rows fail the checks and which; in full, each signal's
+    spread and the failing rows (src_path, variant, why)."""
+    failing = qa["failing"]
+    checks = ", ".join(f"{check}: {n:,}" for check, n in failing["by_check"].items())
+    console.print(
+        f"qa: {failing['count']:,} of {qa['rows']:,} rendered rows ({failing['share']:.1%}) fail the checks"
+        + (f" ({escape(checks)})" if checks else ""), highlight=False, soft_wrap=True,
+    )
+    if short or not qa["rows"]:
+        return
+    table = Table(title="qa signals (rendered rows)", title_justify="left", box=None, padding=(0, 2), header_style="bold")
+    for column in ("signal", "p05", "p50", "p95", "max"):
+        table.add_column(column, justify="left" if column == "signal" else "right")
+    for signal, stats in qa["signals"].items():
+        if stats["count"]:
+            table.add_row(signal, *(f"{stats[k]:.3f}" for k in ("p05", "p50", "p95", "max")))
+    console.print(table)
+    if qa["failing_examples"]:
+        console.print("[bold]qa outliers[/bold] (failing the checks)")
+        for ex in qa["failing_examples"][:top]:
+            which = f" #{ex['variant_index']}" if ex.get("variant_index", -1) >= 0 else ""
+            where = escape(f"{ex['src_path']} ({ex['variant']}{which})")
+            console.print(f"  [red]{ex['status']}[/red] {where}: {escape('; '.join(ex['reasons']))}", highlight=False, soft_wrap=True)
 
 
 class FramesPerSecond(ProgressColumn):

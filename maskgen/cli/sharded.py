@@ -35,6 +35,8 @@ def generate(
     upsample: opt.Upsample = None,
     image_format: opt.ImageFormat = None,
     quality: opt.Quality = None,
+    qa_reject: opt.QAReject = False,
+    qa_thresholds: opt.QAThresholds = "default",
     shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Images per shard: the unit of work, retry and resume. Default: up to 1000, fewer on a small tree so that every worker (--workers, else this machine's CPUs) gets two shards or more; a resumed run keeps its own.", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine, or of the cluster).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (e.g. head:6379 or auto); default: start Ray on this machine.")] = None,
@@ -53,7 +55,7 @@ def generate(
             variants=variants, mask_type=mask_type, color=color, pattern=pattern, wear=wear,
             wear_jitter=wear_jitter, texture_weight=texture_weight, keep_original=keep_original,
             seed=seed, aligned=aligned, layout=layout, detector=detector, upsample=upsample,
-            image_format=image_format, quality=quality,
+            image_format=image_format, quality=quality, qa_reject=qa_reject, qa_thresholds=qa_thresholds,
         )
     except ValueError as exc:
         raise opt.fail(str(exc), as_json=as_json) from None

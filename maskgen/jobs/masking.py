@@ -19,6 +19,7 @@ from maskgen.faces.landmarks import Face, Landmarker, to_gray
 from maskgen.files import write_atomic
 from maskgen.images import Decoded, ImageError, color_mode, decode_image, encode_image, encode_mask, format_name, output_format
 from maskgen.jobs.protocol import Input
+from maskgen.masks import quality as qa
 from maskgen.masks.grading import grey_grade
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
 from maskgen.masks.render import RenderError, render_mask
@@ -41,6 +42,8 @@ class JobConfig:
     mask: dict = field(default_factory=dict)  # MaskOptions fields (type/color/pattern/wear dists)
     image_format: str | None = None  # None = same format as the input
     quality: int | None = None  # JPEG quality; None = the input's own estimated quality
+    qa_reject: bool = False  # a render failing the QA checks becomes a qa_reject row, its image unwritten
+    qa_thresholds: str = "default"  # the QA checks' thresholds: "default" or "key=value,..." (masks.quality)
 
 
 def output_names(rel: str, ext: str, config: JobConfig) -> tuple[str | None, list[str]]:
@@ -89,6 +92,7 @@ class ImageJob:
         self.config = config
         self.options = MaskOptions.from_dict(config.mask) if config.mask else MaskOptions()
         self.landmarker = Landmarker(detector=config.detector, upsample=config.upsample, layout=config.layout)
+        self.thresholds = qa.QAThresholds.parse(config.qa_thresholds)
 
     def process(self, src: Path, rel: str, out_root: Path, landmarks: np.ndarray | None = None) -> list[dict]:
         """Mask the image at `src` (`rel`: its path relative to the input root, POSIX); write
@@ -177,7 +181,8 @@ class ImageJob:
     def _variant(self, item: _Item, k, out_rel, fmt, quality) -> list[dict]:
         """One masked variant: every face in the image gets its own mask."""
         base, faces = item.base, item.faces
-        specs, image, occlusion, coverages = [], item.image.bgr, None, []
+        photo = item.image.bgr
+        specs, image, occlusion, coverages, checks = [], photo, None, [], []
         grade = None if item.color_mode == "color" else grey_grade()  # None: the photo's own (render_mask)
         try:
             for i, face in enumerate(faces):
@@ -188,17 +193,31 @@ class ImageJob:
                 occlusion = rendered.occlusion if occlusion is None else np.maximum(occlusion, rendered.occlusion)
                 specs.append(spec)
                 coverages.append(rendered.coverage)
-            mask_rel = occlusion_name(out_rel)
-            payload = {out_rel: encode_image(_as_input(image, item.color_mode), fmt, quality), mask_rel: encode_mask(occlusion)}
+                box = None if self.config.aligned or face.box is None else face.box
+                checks.append(qa.measure(face.points, rendered.occlusion, photo.shape, photo, box))
         except (RenderError, ValueError) as err:
             return [self._row(base, f, k, None, "render_error", err, i) for i, f in enumerate(faces)]
+        failed = [qa.reasons(signals, self.thresholds) for signals in checks] if self.config.qa_reject else []
+        if any(failed):  # one face's bad render spoils the image: none of its faces is written as ok
+            return [self._qa_row(base, face, k, spec, coverage, signals, why or ["another face of the photo failed"], i)
+                    for i, (face, spec, coverage, signals, why) in enumerate(zip(faces, specs, coverages, checks, failed))]
+        mask_rel = occlusion_name(out_rel)
+        try:
+            payload = {out_rel: encode_image(_as_input(image, item.color_mode), fmt, quality), mask_rel: encode_mask(occlusion)}
+        except ValueError as err:
+            return [self._row(base, f, k, None, "render_error", err, i) for i, f in enumerate(faces)]
         rows = []
-        for i, (face, spec, coverage) in enumerate(zip(faces, specs, coverages)):
+        for i, (face, spec, coverage, signals) in enumerate(zip(faces, specs, coverages, checks)):
             row = self._row(base, face, k, spec, "ok", "", i)
-            row.update(out_path=out_rel, mask_path=mask_rel, coverage=coverage)
+            row.update(out_path=out_rel, mask_path=mask_rel, coverage=coverage, **signals)
             rows.append(row)
         rows[0]["_payload"] = payload
         return rows
+
+    def _qa_row(self, base, face, k, spec, coverage, signals, why: list[str], i: int) -> dict:
+        row = self._row(base, face, k, spec, "qa_reject", "qa: " + "; ".join(why), i)
+        row.update(coverage=coverage, **signals)
+        return row
 
     def _write_original(self, item: _Item, out_rel, fmt) -> dict:
         # Same format: copy the bytes (no re-encoding loss); else convert once.
@@ -281,6 +300,8 @@ def build_job_config(
     upsample: int | None = None,
     image_format: str | None = None,
     quality: int | None = None,
+    qa_reject: bool = False,
+    qa_thresholds: str = "default",
 ):
     """A JobConfig from user-facing options; ValueError naming the option when one is wrong."""
     from maskgen.faces.landmarks import DETECTORS
@@ -303,5 +324,13 @@ def build_job_config(
     return JobConfig(
         aligned=aligned, layout=layout, detector=detector, upsample=upsample, variants=variants,
         keep_original=keep_original, seed=seed, mask=mask.to_dict(), image_format=format_name(image_format),
-        quality=quality,
+        quality=quality, qa_reject=qa_reject, qa_thresholds=_checked_thresholds(qa_thresholds),
     )
+
+
+def _checked_thresholds(spec: str) -> str:
+    try:
+        qa.QAThresholds.parse(spec)
+    except ValueError as exc:
+        raise ValueError(f"--qa-thresholds: {str(exc).removeprefix('qa thresholds: ')}") from None
+    return spec

@@ -1,0 +1,296 @@
+"""A cheap quality check (QA) of one face's mask render: a few measured signals, and the
+checks that turn them into reasons to reject the render.
+
+The signals (every one a float; `QA_SIGNALS` lists them in order):
+
+    qa_coverage   covered fraction of the landmarks' bounding box (as Rendered.coverage)
+    qa_eyes       fraction of the 12 eye landmarks (36-47) whose pixel the mask covers
+    qa_spill      the mask's pixels outside the face outline (jaw + nose bridge, grown by
+                  15%), as a fraction of the landmarks' bounding box (relative to the box,
+                  not to the mask: the thin straps of a small mask worn on the chin would
+                  weigh too much)
+    qa_outside    fraction of the landmarks' bounding box outside the image
+    qa_shape      RMS distance of the landmarks from dlib's mean face shape after the best
+                  similarity fit (Procrustes), relative to the landmarks' RMS radius
+                  (0 = the mean face exactly, 1 = no resemblance: a scrambled set is ~1)
+    qa_eye_scale  distance between the eye centres / sqrt(area of the reference box): the
+                  image for an aligned crop (the default), the detector's box for a photo
+    qa_face       faceness of the pixels at the landmarks: a linear model's logit on the
+                  image gradients' structure tensor (orientation, coherence, energy) in
+                  8x8 cells of a 32x32 landmark-aligned view of the face (> 0: a face). NaN when no image is given. The shape prior of
+                  dlib's predictor makes it return a plausible face shape on anything (a
+                  wall, fur, noise): only the pixels tell such a crop from a face.
+
+The mean shape and the faceness model are in assets/faces/mean_shape68.json (how they were
+made is written in the file). Cost on one core, a 150x150 face: ~0.035 ms without the image,
+~0.09 ms with qa_face (measured on a busy 2-core machine where render_mask took ~1.5 ms, not
+its ~0.8: about 7% of the render). numpy and cv2 load on first use, so that the CLI and the
+schemas can read QA_SIGNALS and parse thresholds without them; QA_FIELDS loads pyarrow."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields, replace
+from functools import cache
+
+from maskgen.assets import assets_dir
+
+QA_SIGNALS = ("qa_coverage", "qa_eyes", "qa_spill", "qa_outside", "qa_shape", "qa_eye_scale", "qa_face")
+_EYE_POINTS = 12
+_HULL_INDEX = (*range(17), 27)  # the face outline: jaw (ear to ear through the chin), then the nose bridge's top
+_HULL_GROW = 0.15  # the outline, grown about the landmarks' centre: a good mask's rim stays inside
+
+
+def __getattr__(name: str):
+    """QA_FIELDS, built on first use: pyarrow loads only when a schema needs it."""
+    if name == "QA_FIELDS":
+        import pyarrow as pa
+
+        return [(signal, pa.float32()) for signal in QA_SIGNALS]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class QAThresholds:
+    """Where each check fails (min_x / max_x: qa_x below / above it fails). Calibrated on the 55
+    sample chips with every mask family and wear at 150x150, 250x250 and as 112x96 crops, on 43
+    faces in photos, and against renders from broken landmarks (shifted by 30% of the face
+    width, shrunk x0.5, scrambled) and on crops that are not faces; tests/test_quality.py."""
+
+    min_coverage: float = 0.04  # good renders: >= 0.064 (worn on the chin covers least); below: hardly a mask
+    max_coverage: float = 0.80  # good renders: <= 0.63 (worn high); above: the mask hides the face
+    max_eyes: float = 0.0  # fraction of the 12 eye points covered: 0 on every good render (the eye clamp)
+    max_spill: float = 0.08  # good: <= 0.024 on the chips, <= 0.046 on turned faces; a mask slid 30% of the face off: >= 0.1
+    max_outside: float = 0.15  # good: <= 0.113 (112x96 crops cut the jaw off); shifted down: >= 0.22, sideways: ~0.2
+    max_shape: float = 0.45  # faces: <= 0.17 on the chips, <= 0.35 on turned faces in photos; scrambled: >= 0.98
+    min_eye_scale: float = 0.22  # aligned crops: 0.325-0.413, faces in photos (detector box): 0.30-0.48; shrunk x0.5: <= 0.19
+    max_eye_scale: float = 0.70  # eyes too far apart for the crop or box: landmarks blown up
+    min_face: float = 0.0  # faceness: chips >= 2.3, held-out faces >= 1.4; non-faces, shifted or shrunk landmarks: < 0 but a few %
+
+    @classmethod
+    def parse(cls, spec: str) -> QAThresholds:
+        """"default" or "" -> the defaults; "key=value,key=value" overrides those fields."""
+        spec = (spec or "").strip()
+        if spec.lower() in ("", "default"):
+            return cls()
+        names = [f.name for f in fields(cls)]
+        values = {}
+        for part in spec.split(","):
+            key, sep, value = (s.strip() for s in part.partition("="))
+            if key not in names:
+                raise ValueError(f"qa thresholds: unknown key {key!r} (valid keys: {', '.join(names)})")
+            try:
+                number = float(value) if sep else math.nan
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                raise ValueError(f"qa thresholds: {key} needs a number, got {value!r} (as in {key}=0.1)")
+            values[key] = number
+        return replace(cls(), **values)
+
+
+def reasons(signals: dict, thresholds: QAThresholds | None = None) -> list[str]:
+    """The failed checks, in words; empty: the render passes. A signal that is missing or
+    NaN (qa_face without an image) is not checked."""
+    t = thresholds or QAThresholds()
+    get = lambda key: _finite(signals.get(key))  # noqa: E731
+    failed = []
+    coverage = get("qa_coverage")
+    if coverage is not None and coverage < t.min_coverage:
+        failed.append(f"mask covers too little of the face ({coverage:.0%} of the landmark box)")
+    if coverage is not None and coverage > t.max_coverage:
+        failed.append(f"mask covers too much of the face ({coverage:.0%} of the landmark box)")
+    eyes = get("qa_eyes")
+    if eyes is not None and eyes > t.max_eyes:
+        failed.append(f"eyes covered ({round(eyes * _EYE_POINTS)} of {_EYE_POINTS} eye points)")
+    spill = get("qa_spill")
+    if spill is not None and spill > t.max_spill:
+        failed.append(f"mask leaves the face outline ({spill:.0%} of the landmark box beyond it)")
+    outside = get("qa_outside")
+    if outside is not None and outside > t.max_outside:
+        failed.append(f"face runs off the image ({outside:.0%} of the landmark box)")
+    shape = get("qa_shape")
+    if shape is not None and shape > t.max_shape:
+        failed.append(f"landmarks are not a face shape (deviation {shape:.2f})")
+    scale = get("qa_eye_scale")
+    if scale is not None and scale < t.min_eye_scale:
+        failed.append(f"face too small for the crop (eye distance {scale:.2f} of its size)")
+    if scale is not None and scale > t.max_eye_scale:
+        failed.append(f"face too large for the crop (eye distance {scale:.2f} of its size)")
+    face = get("qa_face")
+    if face is not None and face < t.min_face:
+        failed.append(f"not a face at the landmarks (faceness {face:.1f})")
+    return failed
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@cache
+def reference() -> dict:
+    """The mean shape (68 complex points, centred, unit norm) and the faceness model."""
+    import numpy as np
+
+    data = json.loads((assets_dir() / "faces" / "mean_shape68.json").read_text())
+    points = np.array(data["points"], np.float64)
+    model = data.get("face_model")
+    eye_axis = np.zeros(68, np.complex128)
+    eye_axis[36:42], eye_axis[42:48] = -1 / 6, 1 / 6
+    ref = {
+        "mean": points[:, 0] + 1j * points[:, 1],
+        "average": np.full(68, 1 / 68, np.complex128),  # z . average = the landmarks' centre
+        "eye_axis": eye_axis,  # z . eye_axis = the right eye's centre - the left eye's
+        "hull": np.array(_HULL_INDEX, np.intp),
+        "model": None,
+    }
+    if model:
+        ref["model"] = {
+            "size": int(model["size"]),
+            "cell": int(model["cell"]),
+            "region": tuple(float(v) for v in model["region"]),
+            "weights": np.array(model["weights"], np.float32),
+            "bias": float(model["bias"]),
+        }
+        weights = ref["model"]["weights"].reshape(3, -1)  # orientation (2), log energy, per cell
+        n = weights.shape[1]
+        ref["model"]["tensor_weights"] = np.stack([weights[0], -weights[0], 2 * weights[1]], 1).ravel()
+        ref["model"]["energy_weights"] = np.ascontiguousarray(weights[2])
+        ref["model"]["energy_sum"] = float(weights[2].sum())
+        ref["model"]["ones"] = np.full(n, 1 / n, np.float32)
+    return ref
+
+
+def measure(points, occlusion, image_shape: tuple, image=None, box=None) -> dict[str, float]:
+    """The QA signals (module docstring) of one face's render.
+
+    points: its 68 landmarks (x, y); occlusion: the render's HxW uint8 mask (255 = covered);
+    image_shape: the photo's shape; image: the photo (BGR or grey), best before it was masked
+    (the faceness model also learned masked faces, but scores them lower), for qa_face, which
+    is NaN without it; box: (left, top, right, bottom) that qa_eye_scale is relative to,
+    default the whole image (an aligned crop); pass the detector's box for a face in a photo.
+    (About 20 numpy and cv2 calls on small arrays: their overhead is the cost.)"""
+    import cv2
+    import numpy as np
+
+    ref = reference()
+    p = np.ascontiguousarray(points, np.float64).reshape(68, 2)
+    z = p.view(np.complex128)[:, 0]  # x + iy, no copy
+    t = complex(np.vdot(ref["average"], z))  # the landmarks' centre
+    if not (math.isfinite(t.real) and math.isfinite(t.imag)):
+        return dict.fromkeys(QA_SIGNALS, math.nan)
+    h, w = image_shape[:2]
+    x0, x1 = cv2.minMaxLoc(p[:, 0])[:2]  # (one call for both: numpy's min and max cost 4x more)
+    y0, y1 = cv2.minMaxLoc(p[:, 1])[:2]
+    bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    inside = max(min(x1, w) - max(x0, 0.0), 0.0) * max(min(y1, h) - max(y0, 0.0), 0.0)
+
+    # coverage of the landmark box, exactly as the renderer reports it
+    face = occlusion[max(0, math.floor(y0)) : math.ceil(y1), max(0, math.floor(x0)) : math.ceil(x1)]
+    coverage = cv2.countNonZero(face) / face.size if face.size else 0.0
+
+    # eye points under the mask (those inside the image): 12 lookups, cheaper in plain Python
+    covered = 0
+    for x, y in p[36:48].tolist():
+        xi, yi = math.floor(x + 0.5), math.floor(y + 0.5)
+        if 0 <= xi < w and 0 <= yi < h and occlusion[yi, xi]:
+            covered += 1
+
+    # similarity (Procrustes) fit of the mean shape, in complex numbers: z ~ a * mean + t
+    zc = z - t
+    norm2 = float(np.vdot(zc, zc).real)
+    a = complex(np.vdot(ref["mean"], zc))  # the mean shape has unit norm
+    shape = math.sqrt(max(0.0, 1.0 - abs(a) ** 2 / norm2)) if norm2 > 1e-12 else 1.0
+    eye_distance = abs(complex(np.vdot(ref["eye_axis"], z)))  # right eye's centre - left eye's
+
+    # the mask outside the face outline grown about the landmarks' centre: counted on the
+    # grown landmark box only (it holds the grown outline)
+    total = cv2.countNonZero(occlusion)
+    spill = 0.0
+    if total:
+        grow = 1 + _HULL_GROW
+        gx0, gy0 = max(math.floor(t.real + (x0 - t.real) * grow), 0), max(math.floor(t.imag + (y0 - t.imag) * grow), 0)
+        gx1, gy1 = min(math.ceil(t.real + (x1 - t.real) * grow) + 1, w), min(math.ceil(t.imag + (y1 - t.imag) * grow) + 1, h)
+        within = 0
+        if gx1 > gx0 and gy1 > gy0:
+            hull = z[ref["hull"]] * (16 * grow) - (16 * (grow - 1) * t + 16 * complex(gx0, gy0))  # 4 fractional bits
+            region = np.zeros((gy1 - gy0, gx1 - gx0), np.uint8)
+            # the outline is monotone in y (each row crosses it twice): the convex fill draws it right, 2x faster
+            cv2.fillConvexPoly(region, hull.view(np.float64).reshape(-1, 2).astype(np.int32), 255, cv2.LINE_8, shift=4)
+            within = cv2.countNonZero(cv2.bitwise_and(region, occlusion[gy0:gy1, gx0:gx1]))
+        spill = (total - within) / (bw * bh)
+
+    bx0, by0, bx1, by1 = box if box is not None else (0, 0, w, h)
+    return {
+        "qa_coverage": coverage,
+        "qa_eyes": covered / _EYE_POINTS,
+        "qa_spill": spill,
+        "qa_outside": 1.0 - inside / (bw * bh),
+        "qa_shape": shape,
+        "qa_eye_scale": eye_distance / math.sqrt(max((bx1 - bx0) * (by1 - by0), 1)),
+        "qa_face": faceness(image, a, t) if image is not None else math.nan,
+    }
+
+
+def face_view(image, a: complex, t: complex, size: int, region: tuple):
+    """The image over `region` of the mean shape's frame (x0, x1, y0, y1) mapped through
+    z = a * mean + t, as a size x size uint8 grey view. Point-sampled (bilinear), even where
+    the face is much larger than the view: the model was fitted so, and held-out faces score
+    better so than with the view low-passed first (cv2.pyrDown), which also costs more."""
+    import cv2
+    import numpy as np
+
+    x0, x1, y0, y1 = region
+    sx, sy = (x1 - x0) / size, (y1 - y0) / size
+    ar, ai = a.real, a.imag
+    ox, oy = x0 + 0.5 * sx, y0 + 0.5 * sy
+    warp = np.array([[ar * sx, -ai * sy, ar * ox - ai * oy + t.real], [ai * sx, ar * sy, ai * ox + ar * oy + t.imag]])
+    view = cv2.warpAffine(image, warp, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    if view.ndim == 3:
+        view = cv2.cvtColor(view, cv2.COLOR_BGRA2GRAY if view.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    return view
+
+
+def view_cells(view, cell: int):
+    """The structure tensor (gx^2, gy^2, gx gy) averaged over each cell x cell block of the
+    view: (cells, 3) float32."""
+    import cv2
+
+    gx, gy = cv2.spatialGradient(view)  # Sobel 3x3, int16
+    tensor = cv2.multiply(cv2.merge([gx, gy, gx]), cv2.merge([gx, gy, gy]), dtype=cv2.CV_32F)
+    n = view.shape[0] // cell
+    return cv2.resize(tensor, (n, n), interpolation=cv2.INTER_AREA).reshape(n * n, 3)
+
+
+def view_features(view, cell: int):
+    """Per cell of the view: the gradients' dominant orientation, weighted by how coherent it
+    is (doubled angle: 2 numbers), and the log of the cell's gradient energy relative to the
+    view's mean. Contrast and brightness cancel out."""
+    import numpy as np
+
+    c = view_cells(view, cell)
+    energy = c[:, 0] + c[:, 1]
+    mean = float(energy.mean()) + 1e-6
+    inv = 1 / (energy + np.float32(1e-3 * mean))
+    return np.concatenate([(c[:, 0] - c[:, 1]) * inv, 2 * c[:, 2] * inv, np.log(energy * np.float32(1 / mean) + np.float32(0.05))])
+
+
+def faceness(image, a: complex, t: complex) -> float:
+    """The faceness logit (qa_face) of the face z = a * mean + t in `image`: the model's
+    weights . view_features + bias, in fewer numpy calls."""
+    import numpy as np
+
+    model = reference()["model"]
+    if model is None or abs(a) < 1e-6:
+        return math.nan
+    c = view_cells(face_view(image, a, t, model["size"], model["region"]), model["cell"])
+    energy = c[:, 0] + c[:, 1]
+    mean = float(np.dot(energy, model["ones"])) + 1e-6
+    orientation = float(np.dot((c * (1 / (energy + np.float32(1e-3 * mean)))[:, None]).ravel(), model["tensor_weights"]))
+    # log(energy / mean + 0.05) . w = log(energy + 0.05 mean) . w - log(mean) * sum(w)
+    level = float(np.dot(np.log(energy + np.float32(0.05 * mean)), model["energy_weights"])) - math.log(mean) * model["energy_sum"]
+    return orientation + level + model["bias"]
