@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from maskgen.cli import bench, datasets, evaluation, masking, pipelines, recognition, sharded, video
+from maskgen.cli import bench, datasets, evaluation, masking, pipelines, recognition, sharded, templates, video
 
 app = typer.Typer(
     help="Realistic synthetic face masks at dataset scale, and the data to train masked-face recognisers.",
@@ -37,3 +37,4 @@ COMMANDS = {  # --help lists them in this order: the order of the workflow
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
+app.add_typer(templates.app, name="template")  # maskgen template new / preview: masks of one's own

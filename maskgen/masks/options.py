@@ -8,7 +8,16 @@ import hashlib
 import itertools
 from dataclasses import asdict, dataclass
 
-from maskgen.masks.families import FAMILIES, family
+from maskgen.masks.families import (
+    FAMILIES,
+    FamilyError,
+    family,
+    is_builtin,
+    known_names,
+    looks_like_path,
+    register,
+    register_source,
+)
 
 PATTERNS = ("plain", "stripes", "dots", "checks", "woven")
 
@@ -62,6 +71,58 @@ def parse_colors(spec: str) -> list[str] | None:
     return colors
 
 
+def parse_types(spec: str) -> tuple[dict[str, float] | None, dict[str, dict] | None]:
+    """`--type`: `random` -> None (the built-in families equally); otherwise a comma list of
+    entries, each a family name (built-in, case-insensitive; or from $MASKGEN_MASKS) or a
+    family file's path (`my_mask.json`), with an optional `:weight`. -> (family name ->
+    weight, the families of one's own used: name -> {"path": absolute, "digest": ...})."""
+    if spec.strip().lower() in ("", "random"):
+        return None, None
+    weights: dict[str, float] = {}
+    sources: dict[str, dict] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        ref, weight = (part, "") if part.lower().endswith(".json") else _split_weight(part)
+        if not ref:
+            raise ValueError(f"--type: empty entry in {spec!r}")
+        if looks_like_path(ref):
+            try:
+                fam = register(ref)
+            except ValueError as exc:
+                raise ValueError(f"--type: {exc}") from None
+            earlier = sources.get(fam.name)
+            if earlier is not None and earlier["path"] != fam.source:
+                raise ValueError(f"--type: two family files named {fam.name!r}: {earlier['path']} and {fam.source}")
+            name = fam.name
+        else:
+            name = ref.lower() if is_builtin(ref.lower()) else ref
+            try:
+                fam = family(name)
+            except ValueError as exc:
+                if isinstance(exc, FamilyError):  # a broken file in $MASKGEN_MASKS
+                    raise ValueError(f"--type: {exc}") from None
+                raise ValueError(
+                    f"--type: unknown value {ref!r} (choose from random, {', '.join(known_names())}, or a family file's path)"
+                ) from None
+        if fam.source is not None:
+            sources[name] = {"path": fam.source, "digest": fam.digest}
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"--type: weight of {ref!r} is not a number: {weight!r}") from None
+        if weights[name] < 0:
+            raise ValueError(f"--type: weight of {ref!r} is negative")
+    if sum(weights.values()) <= 0:
+        raise ValueError("--type: the weights add up to zero")
+    return weights, sources or None
+
+
+def _split_weight(part: str) -> tuple[str, str]:
+    """`name:0.5` -> (name, "0.5"); a colon not followed by a weight belongs to the name."""
+    ref, colon, weight = part.rpartition(":")
+    return (ref.strip(), weight.strip()) if colon and ref else (part, "")
+
+
 @dataclass(frozen=True)
 class MaskOptions:
     """Distributions the masks are drawn from. None = each family's own realistic choice."""
@@ -72,6 +133,13 @@ class MaskOptions:
     wear: dict[str, float] | None = None  # way of wearing -> weight; None = always proper
     wear_jitter: float = 0.0  # +- uniform noise added to each wear shift
     texture_weight: float | None = None  # 0..1 strength of the pattern; None = random 0.5..1
+    families: dict[str, dict] | None = None  # families of one's own in `types`: name -> {"path", "digest"}
+
+    def __post_init__(self):
+        # Registered again wherever the options are rebuilt (a Ray worker: from_dict of the job
+        # config), so that family(name) finds them there too; a no-op where they are known.
+        for name, source in (self.families or {}).items():
+            register_source(name, source["path"], source.get("digest"))
 
     @classmethod
     def parse(
@@ -87,17 +155,22 @@ class MaskOptions:
             raise ValueError(f"--texture-weight must be between 0 and 1, got {texture_weight}")
         if not 0 <= wear_jitter <= 0.5:
             raise ValueError(f"--wear-jitter must be between 0 and 0.5, got {wear_jitter}")
+        types, families = parse_types(type)
         return cls(
-            types=parse_distribution(type, tuple(FAMILIES), "--type"),
+            types=types,
             colors=parse_colors(color),
             patterns=parse_distribution(pattern, PATTERNS, "--pattern"),
             wear=parse_distribution(wear, tuple(WEAR_SHIFTS), "--wear"),
             wear_jitter=wear_jitter,
             texture_weight=texture_weight,
+            families=families,
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["families"] is None:  # only there when used: the built-in types' config hashes stay as they were
+            del data["families"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> MaskOptions:

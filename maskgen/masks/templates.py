@@ -1,6 +1,8 @@
 """Mask templates drawn by code: for each family, in template space (u across, v down),
 an alpha map (the outline), a relief map (pleats, seams, cup: multiplies the shading) and
 an accent map (parts in a second colour, e.g. filter cartridges). Plus tileable patterns.
+A family with a texture (a picture of a real mask, see custom.py) gets its planes from the
+picture instead, and `texture_bgr` gives the picture's colours.
 
 Drawn once per process (cached); a render only samples them."""
 
@@ -81,20 +83,88 @@ def _relief(alpha: np.ndarray, features) -> tuple[np.ndarray, np.ndarray]:
     return relief.astype(np.float32), accent.astype(np.float32)
 
 
-RELIEF_SCALE = 127.5  # relief 0..2 is stored as uint8 0..255
+RELIEF_SCALE = 127.5  # relief 0..2 is stored as uint8 0..255 (1 = flat: 127.5)
+TEXTURE_RELIEF = 0.25  # how much a texture's luminance modulates its relief plane
 
 
-@cache
 def template(name: str) -> np.ndarray:
     """(H, W, 4) uint8 (8-bit: remaps fastest): alpha x 255, relief x RELIEF_SCALE, accent
     x 255, in template space, and an empty 4th plane where a render puts its pattern (one
     4-channel remap is cheaper than a 3- and a 1-channel one). Alpha includes the accent
-    parts (cartridges) where they stand out of the outline."""
+    parts (cartridges) where they stand out of the outline. A family with a texture (a
+    picture of a real mask): its alpha, a flat relief lightly modulated by its luminance (the
+    picture's own folds), no accent. Drawn once per family and content (cached)."""
     fam = family(name)
+    return _template(fam.name, fam.digest)
+
+
+@cache
+def _template(name: str, digest: str | None) -> np.ndarray:
+    fam = family(name)
+    if fam.texture_png is not None:
+        return _textured(_texture_bgra(name, digest))
     alpha = _outline_alpha(fam.outline)
     relief, accent = _relief(alpha, fam.relief)
     alpha = np.maximum(alpha, accent)
     planes = [alpha * 255, np.clip(relief, 0, 2) * RELIEF_SCALE, accent * 255, np.zeros_like(alpha)]
+    return np.ascontiguousarray(np.dstack(planes).round().astype(np.uint8))
+
+
+def texture_bgr(name: str) -> np.ndarray | None:
+    """The family's texture (the picture of the mask) as (TEMPLATE_H, TEMPLATE_W, 3) uint8
+    BGR in template space, on the same raster as `template(name)`: the albedo to use instead
+    of the spec's colour. None for a family drawn by code (every built-in one). Colour is
+    bled outwards past the alpha edge, so that sampling at the rim does not pick up black."""
+    fam = family(name)
+    if fam.texture_png is None:
+        return None
+    return _texture_bgr(fam.name, fam.digest)
+
+
+@cache
+def _texture_bgr(name: str, digest: str | None) -> np.ndarray:
+    bgr = np.ascontiguousarray(_texture_bgra(name, digest)[..., :3])
+    bgr.flags.writeable = False  # shared by every render: read-only
+    return bgr
+
+
+@cache
+def _texture_bgra(name: str, digest: str | None) -> np.ndarray:
+    """The texture resized onto the template raster (INTER_AREA: a 2x texture averages down)."""
+    fam = family(name)
+    image = cv2.imdecode(np.frombuffer(fam.texture_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 3 or image.shape[2] != 4:
+        raise ValueError(f"texture {fam.texture} of mask type {name!r} is not a BGRA picture")
+    if image.shape[:2] != (TEMPLATE_H, TEMPLATE_W):
+        image = cv2.resize(image, (TEMPLATE_W, TEMPLATE_H), interpolation=cv2.INTER_AREA)
+    return bleed(image)
+
+
+def bleed(bgra: np.ndarray) -> np.ndarray:
+    """BGRA with each pixel's colour where alpha < 128 replaced by the nearest opaque one
+    (alpha kept): resampling near the edge mixes in the mask's colour, not the background's."""
+    solid = bgra[..., 3] >= 128
+    if solid.all() or not solid.any():
+        return np.ascontiguousarray(bgra)
+    _, labels = cv2.distanceTransformWithLabels((~solid).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(solid)  # DIST_LABEL_PIXEL numbers the zero pixels in row-major order from 1
+    out = bgra.copy()
+    order = np.zeros(labels.max() + 1, np.int64)
+    order[1 : len(ys) + 1] = np.arange(len(ys))
+    nearest = order[labels]
+    out[..., :3] = bgra[ys[nearest], xs[nearest], :3]
+    out[..., 3] = bgra[..., 3]
+    return out
+
+
+def _textured(bgra: np.ndarray) -> np.ndarray:
+    alpha = bgra[..., 3].astype(np.float32) / 255
+    lum = cv2.cvtColor(np.ascontiguousarray(bgra[..., :3]), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    inside = alpha > 0.5
+    mean = float(lum[inside].mean()) if inside.any() else 128.0
+    relief = 1 + TEXTURE_RELIEF * np.clip(lum / max(mean, 1.0) - 1, -1, 1)
+    relief = np.where(inside, relief, 1.0)
+    planes = [alpha * 255, np.clip(relief, 0, 2) * RELIEF_SCALE, np.zeros_like(alpha), np.zeros_like(alpha)]
     return np.ascontiguousarray(np.dstack(planes).round().astype(np.uint8))
 
 
