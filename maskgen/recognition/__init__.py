@@ -5,4 +5,18 @@ this package; importing `maskgen.recognition` itself (or `.commands`) does not i
 
 Colour order: every image fed to these networks is RGB, pixels (x - 127.5) / 128, 112x96
 (h x w) for the SphereFace template. The dataset converts BGR decodes to RGB once.
+
+Beside them, dlib's pretrained face-recognition ResNet as an exact PyTorch port
+(`dlib_resnet()`, maskgen.recognition.dlib_resnet): 150x150 dlib chips, RGB 0..255 in,
+128-d out; weights read from face_recognition_models' .dat file.
 """
+
+
+def dlib_resnet(pretrained: bool = True, **kwargs):
+    """dlib's face-recognition ResNet as a torch nn.Module (N x 3 x 150 x 150 RGB 0..255 ->
+    N x 128), its weights read from dlib_face_recognition_resnet_model_v1.dat; torch is
+    imported only now. Once maskgen.recognition.dlib_resnet (the module) is imported it takes
+    this name, and calling it does the same. Keywords: path, inputs, cache (see there)."""
+    from maskgen.recognition.dlib_resnet import dlib_resnet as build
+
+    return build(pretrained, **kwargs)

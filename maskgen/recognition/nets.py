@@ -1,4 +1,5 @@
-"""SphereFace-4/10/20/36/64 as released (sphereface_model.prototxt, Caffe), behind get_model(name).
+"""SphereFace-4/10/20/36/64 as released (sphereface_model.prototxt, Caffe), behind get_model(name),
+and dlib's face-recognition ResNet (`dlib-resnet`, maskgen.recognition.dlib_resnet) beside them.
 
 Each of the four stages (64/128/256/512 channels) is a stride-2 3x3 conv + PReLU, then
 units of two (3x3 conv + PReLU) added back to their input; no BatchNorm; a fully connected
@@ -24,6 +25,8 @@ UNITS = {  # residual units per stage
     "sphereface64": (3, 8, 16, 3),
 }
 INPUT_SIZE = (112, 96)  # (height, width) of the SphereFace template
+DLIB_RESNET = "dlib-resnet"
+MODELS = (*UNITS, DLIB_RESNET)  # every name get_model builds
 
 
 def caffe_xavier_(weight: torch.Tensor) -> None:
@@ -70,8 +73,18 @@ class SphereFace(nn.Module):
         return self.fc5(torch.flatten(self.stages(x), 1))
 
 
-def get_model(name: str, embedding_size: int = 512, input_size: tuple[int, int] = INPUT_SIZE) -> SphereFace:
+def get_model(name: str, embedding_size: int = 512, input_size: tuple[int, int] = INPUT_SIZE) -> nn.Module:
+    """A freshly initialised backbone. `dlib-resnet` takes the trainer's (x - 127.5) / 128
+    input like the SphereFace nets (it turns it back into dlib's normalisation exactly), needs
+    150x150 dlib chips, and gets dlib's pretrained weights from
+    maskgen.recognition.dlib_resnet.load_state_dict() (its fc only when embedding_size is 128)."""
     key = name.lower().replace("-", "").replace("_", "")
+    if key == DLIB_RESNET.replace("-", ""):
+        from maskgen.recognition.dlib_resnet import CHIP, DlibResNet
+
+        if tuple(input_size) != (CHIP, CHIP):
+            raise ValueError(f"model {DLIB_RESNET} takes {CHIP}x{CHIP} dlib face chips, not {input_size[1]}x{input_size[0]}")
+        return DlibResNet(embedding_size, inputs="centred")
     if key not in UNITS:
-        raise ValueError(f"unknown model {name!r} (choose from {', '.join(UNITS)})")
+        raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
     return SphereFace(UNITS[key], embedding_size, input_size)
