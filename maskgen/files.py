@@ -86,3 +86,12 @@ def text_path(rel: str) -> str:
         shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         raise InputError(f"file name is not valid UTF-8: '{shown}'; rename it (e.g. with convmv)") from None
     return rel
+
+
+def cache_dir() -> Path:
+    """Where parsed models are cached (a folder the user can write): $MASKGEN_CACHE, else $XDG_CACHE_HOME/maskgen, else ~/.cache/maskgen."""
+    if os.environ.get("MASKGEN_CACHE"):
+        return Path(os.environ["MASKGEN_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "maskgen"
+    return Path.home() / ".cache" / "maskgen"

@@ -26,6 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from maskgen.files import cache_dir
+
 Box = tuple[int, int, int, int]  # left, top, right, bottom (pixels), as dlib.rectangle takes them
 GRAY_MODES = ("cv2", "dlib")
 FORMAT = 1  # of the cached arrays; bump when their layout changes
@@ -58,15 +60,6 @@ class _Model:
     deltas: np.ndarray  # (levels, features, 2) float32, its offset from that part (mean shape space)
 
     FIELDS = ("initial", "split_idx", "split_thresh", "leaves", "anchors", "deltas")
-
-
-def cache_dir() -> Path:
-    """$MASKGEN_CACHE, else $XDG_CACHE_HOME/maskgen, else ~/.cache/maskgen."""
-    if os.environ.get("MASKGEN_CACHE"):
-        return Path(os.environ["MASKGEN_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "maskgen"
-    return Path.home() / ".cache" / "maskgen"
 
 
 def _kernels():

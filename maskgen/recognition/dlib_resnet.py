@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import sys
 import types
 from dataclasses import dataclass
@@ -45,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from maskgen.files import cache_dir
 
 CHIP = 150  # input_rgb_image_sized<150>
 EMBEDDING_SIZE = 128
@@ -449,15 +450,6 @@ def parse_dat(data: bytes, path: str | Path = "<bytes>") -> dict[str, torch.Tens
 
 
 # ---------------------------------------------------------------------------------------- loading and the cache
-
-
-def cache_dir() -> Path:
-    """$MASKGEN_CACHE, else $XDG_CACHE_HOME/maskgen, else ~/.cache/maskgen."""
-    if os.environ.get("MASKGEN_CACHE"):
-        return Path(os.environ["MASKGEN_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "maskgen"
-    return Path.home() / ".cache" / "maskgen"
 
 
 def _fits(state: object) -> bool:
