@@ -19,7 +19,8 @@ from maskgen.masks import families
 from maskgen.masks.custom import template_anchors
 from maskgen.masks.families import family
 from maskgen.masks.options import MaskOptions
-from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, template, texture_bgr
+from maskgen.masks.render import render_mask
+from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, template, texture_bgr, texture_mean
 
 runner = CliRunner()
 W, H = 600, 400
@@ -128,12 +129,37 @@ def test_textured_template_planes(my_mask):
     texture = cv2.imread(str(my_mask.with_name("my_mask.png")), cv2.IMREAD_UNCHANGED)
     small = cv2.resize(texture, (TEMPLATE_W, TEMPLATE_H), interpolation=cv2.INTER_AREA)
     assert np.abs(planes[..., 0].astype(int) - small[..., 3]).max() <= 1
-    relief = planes[..., 1][planes[..., 0] > 128].astype(float) / RELIEF_SCALE
-    assert np.median(relief) == pytest.approx(1.0, abs=0.02) and relief.min() < 0.95 and relief.max() < 1.3  # flat, lightly modulated
+    relief = planes[..., 1].astype(float) / RELIEF_SCALE
+    assert np.abs(relief - 1).max() < 0.01  # flat: the picture's folds are in its colours
     assert not planes[..., 2].any() and not planes[..., 3].any()
     bgr = texture_bgr("my_mask")
     assert bgr.shape == (TEMPLATE_H, TEMPLATE_W, 3) and np.abs(bgr[30, 80].astype(int) - BLUE).max() < 12
+    assert np.abs(texture_mean("my_mask") * 255 - BLUE).max() < 20
     assert texture_bgr("surgical") is None
+
+
+def _midline(image: np.ndarray, points: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Grey levels down the face's midline, where the mask covers it."""
+    x = int(round(points[[30, 33, 51, 57, 8], 0].mean()))
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(float)
+    rows = [y for y in range(len(gray)) if covered[y, x - 2 : x + 3].all()]
+    return gray[rows, x - 2 : x + 3].mean(1)
+
+
+@pytest.mark.parametrize("color", [None, "#c03030"])
+def test_a_mask_from_a_picture_keeps_its_print(my_mask, chips, color):
+    """The picture's own colours are the mask's albedo: its dark pleat lines show on the face
+    (as dips down the midline), in the picture's blue, or re-coloured by --color."""
+    options = MaskOptions.parse(type=str(my_mask), **({"color": color} if color else {}))
+    for image, points in chips[:6]:
+        spec = options.sample(3)
+        rendered = render_mask(image, points, spec)
+        covered = rendered.occlusion > 0
+        profile = _midline(rendered.image, points, covered)
+        dips = (profile < np.maximum.accumulate(profile) - 12) & (profile < np.maximum.accumulate(profile[::-1])[::-1] - 12)
+        assert np.diff(dips.astype(int)).clip(0).sum() >= 2, profile.round()  # at least two separate dark lines
+        b, g, r = np.median(rendered.image[covered], 0)
+        assert (b > r + 12) if color is None else (r > b + 50), (b, g, r)  # graded to the photo, as every mask
 
 
 def test_template_new_from_rgba_uses_its_alpha(pictures, tmp_path):

@@ -38,7 +38,7 @@ def console(stderr: bool = False):
     """A rich console (rich is imported here, on first output: `--help` does not need it)."""
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True)  # a message with a long path stays one line
 
 
 def fail(message: str, *, code: int = EXIT_USAGE, as_json: bool = False) -> typer.Exit:

@@ -4,7 +4,8 @@
 2. warp: a thin-plate spline from image to template space through the anchors, evaluated on
    a coarse lattice and upsampled (the spline is smooth), then one cv2.remap;
 3. shade: the mask's colour (graded to the photo's saturation and cast: grading.py) x its
-   relief x the face's own low-frequency illumination;
+   relief x the face's own low-frequency illumination; a mask made from a picture
+   (custom.py) keeps the picture's own colours, shifted to the spec's colour;
 4. camera match: the image's noise level, a slight blur, feathered edges and a faint
    contact shadow on the skin around the mask; straps towards the ears.
 All on the mask's bounding box only, in a few dozen cv2/numpy calls (each costs more in call
@@ -24,7 +25,7 @@ from maskgen.masks.families import family
 from maskgen.masks.geometry import U, V, anchor_grid
 from maskgen.masks.grading import photo_grade
 from maskgen.masks.options import MaskSpec
-from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, pattern, template
+from maskgen.masks.templates import RELIEF_SCALE, TEMPLATE_H, TEMPLATE_W, pattern, template, texture_bgr, texture_mean
 
 _GREY = np.ones(3, np.float32)  # colour of the sensor noise layer: the same in B, G and R
 _LATTICE = 12  # spline evaluated on a 12x12 lattice over the mask's box, then upsampled
@@ -215,11 +216,11 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec, grade: np.n
     roi = bgr[y0:y1, x0:x1]
     gray = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY)
 
-    alpha, relief, accent, pat = _warp_texture(spec, grid, (x0, y0, x1, y1), margin)
+    (alpha, relief, accent, pat), picture = _warp_texture(spec, grid, (x0, y0, x1, y1))
     alpha = cv2.min(alpha, _inside_grid(grid, x0, y0, x1 - x0, y1 - y0, margin))
     size = camera_scale(face_w)
     shade, exposure = _shading(gray, alpha, max(4, round(face_w / SHADING_CELLS)))
-    layers, colors = _albedo(spec, relief, shade, accent, pat)
+    layers, colors = _albedo(spec, relief, shade, accent, pat, picture)
     colors = [grade @ color for color in colors]
     alpha = alpha.astype(np.float32) * np.float32(1 / 255)
     blended, alpha = _composite(roi, gray, layers, colors, alpha, 0.96 * size, spec.seed, 0.6 * size)
@@ -232,10 +233,11 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec, grade: np.n
     return Rendered(out, occlusion, _coverage(occlusion, points))
 
 
-def _warp_texture(spec: MaskSpec, grid: np.ndarray, box, margin: int) -> list[np.ndarray]:
+def _warp_texture(spec: MaskSpec, grid: np.ndarray, box) -> tuple[list[np.ndarray], np.ndarray | None]:
     """The template's alpha, relief and accent planes and the pattern (at a random phase),
-    warped into the box: one 4-channel remap, uint8 planes."""
-    texture = template(spec.mask_type)
+    warped into the box: one 4-channel remap, uint8 planes; and the family's picture (BGR)
+    warped the same way, if it has one."""
+    texture, picture = template(spec.mask_type), texture_bgr(spec.mask_type)
     if spec.pattern != "plain" and spec.texture_weight > 0:
         oy, ox = _seeded_offsets(spec.seed, TEMPLATE_H, TEMPLATE_W, salt=0)
         texture = texture.copy()
@@ -245,18 +247,31 @@ def _warp_texture(spec: MaskSpec, grid: np.ndarray, box, margin: int) -> list[np
     # (an area filter), so fine patterns do not alias.
     zoom = min(1.0, 2 * (x1 - x0) / TEMPLATE_W)  # bilinear sampling is fine down to half size
     if zoom < 1.0:
-        texture = cv2.resize(texture, (max(8, round(TEMPLATE_W * zoom)), max(6, round(TEMPLATE_H * zoom))), interpolation=cv2.INTER_AREA)
+        size = (max(8, round(TEMPLATE_W * zoom)), max(6, round(TEMPLATE_H * zoom)))
+        texture = cv2.resize(texture, size, interpolation=cv2.INTER_AREA)
+        picture = None if picture is None else cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
         zoom = texture.shape[1] / TEMPLATE_W
     maps, fractions = _template_maps(grid, x0, y0, x1 - x0, y1 - y0, zoom)
-    return cv2.split(cv2.remap(texture, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT))
+    planes = cv2.split(cv2.remap(texture, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT))
+    if picture is not None:
+        picture = cv2.remap(picture, maps, fractions, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return planes, picture
 
 
-def _albedo(spec: MaskSpec, relief, shade, accent, pat) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _albedo(spec: MaskSpec, relief, shade, accent, pat, picture) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Albedo x relief x the face's own illumination, as a few grey layers, each with the
     BGR colour it carries: the light (the mask's colour), the pattern (the second colour
-    minus the first), accent parts (their own colour, replacing the fabric's)."""
+    minus the first), accent parts (their own colour, replacing the fabric's). A family's
+    picture splits the light into B, G and R layers: the picture relative to its mean colour,
+    each carrying that channel of the spec's colour (the family's own colour: the picture)."""
     light = cv2.multiply(relief, shade, dtype=cv2.CV_32F, scale=255 / RELIEF_SCALE)
-    layers, colors = [light], [_rgb01(spec.color)]
+    if picture is not None:
+        color, mean = _rgb01(spec.color), texture_mean(spec.mask_type)
+        channels = cv2.split(picture)
+        layers = [cv2.multiply(light, c, dtype=cv2.CV_32F, scale=1 / (255 * float(m))) for c, m in zip(channels, mean)]
+        colors = [np.eye(3, dtype=np.float32)[i] * color[i] for i in range(3)]
+    else:
+        layers, colors = [light], [_rgb01(spec.color)]
     if spec.pattern != "plain" and spec.texture_weight > 0:
         layers.append(cv2.multiply(light, pat, dtype=cv2.CV_32F, scale=spec.texture_weight / 255))
         colors.append(_pattern_shift(spec.color))

@@ -84,7 +84,6 @@ def _relief(alpha: np.ndarray, features) -> tuple[np.ndarray, np.ndarray]:
 
 
 RELIEF_SCALE = 127.5  # relief 0..2 is stored as uint8 0..255 (1 = flat: 127.5)
-TEXTURE_RELIEF = 0.25  # how much a texture's luminance modulates its relief plane
 
 
 def template(name: str) -> np.ndarray:
@@ -92,8 +91,8 @@ def template(name: str) -> np.ndarray:
     x 255, in template space, and an empty 4th plane where a render puts its pattern (one
     4-channel remap is cheaper than a 3- and a 1-channel one). Alpha includes the accent
     parts (cartridges) where they stand out of the outline. A family with a texture (a
-    picture of a real mask): its alpha, a flat relief lightly modulated by its luminance (the
-    picture's own folds), no accent. Drawn once per family and content (cached)."""
+    picture of a real mask): its alpha, a flat relief (the picture's own folds and seams are
+    in its colours, `texture_albedo`), no accent. Drawn once per family and content (cached)."""
     fam = family(name)
     return _template(fam.name, fam.digest)
 
@@ -112,20 +111,30 @@ def _template(name: str, digest: str | None) -> np.ndarray:
 
 def texture_bgr(name: str) -> np.ndarray | None:
     """The family's texture (the picture of the mask) as (TEMPLATE_H, TEMPLATE_W, 3) uint8
-    BGR in template space, on the same raster as `template(name)`: the albedo to use instead
-    of the spec's colour. None for a family drawn by code (every built-in one). Colour is
-    bled outwards past the alpha edge, so that sampling at the rim does not pick up black."""
+    BGR in template space, on the same raster as `template(name)`. None for a family drawn
+    by code (every built-in one). Colour is bled outwards past the alpha edge, so that
+    sampling at the rim does not pick up black."""
     fam = family(name)
     if fam.texture_png is None:
         return None
-    return _texture_bgr(fam.name, fam.digest)
+    return _texture_bgr(fam.name, fam.digest)[0]
+
+
+def texture_mean(name: str) -> np.ndarray:
+    """The texture's mean BGR (0..1) inside its alpha: the colour a render's `--color`
+    replaces (the picture's shading and print are kept relative to it)."""
+    fam = family(name)
+    return _texture_bgr(fam.name, fam.digest)[1]
 
 
 @cache
-def _texture_bgr(name: str, digest: str | None) -> np.ndarray:
-    bgr = np.ascontiguousarray(_texture_bgra(name, digest)[..., :3])
+def _texture_bgr(name: str, digest: str | None) -> tuple[np.ndarray, np.ndarray]:
+    bgra = _texture_bgra(name, digest)
+    bgr = np.ascontiguousarray(bgra[..., :3])
     bgr.flags.writeable = False  # shared by every render: read-only
-    return bgr
+    inside = bgra[..., 3] > 128
+    mean = bgr[inside].mean(0) / 255 if inside.any() else np.full(3, 0.5)
+    return bgr, np.maximum(mean, 1 / 255).astype(np.float32)
 
 
 @cache
@@ -158,14 +167,9 @@ def bleed(bgra: np.ndarray) -> np.ndarray:
 
 
 def _textured(bgra: np.ndarray) -> np.ndarray:
-    alpha = bgra[..., 3].astype(np.float32) / 255
-    lum = cv2.cvtColor(np.ascontiguousarray(bgra[..., :3]), cv2.COLOR_BGR2GRAY).astype(np.float32)
-    inside = alpha > 0.5
-    mean = float(lum[inside].mean()) if inside.any() else 128.0
-    relief = 1 + TEXTURE_RELIEF * np.clip(lum / max(mean, 1.0) - 1, -1, 1)
-    relief = np.where(inside, relief, 1.0)
-    planes = [alpha * 255, np.clip(relief, 0, 2) * RELIEF_SCALE, np.zeros_like(alpha), np.zeros_like(alpha)]
-    return np.ascontiguousarray(np.dstack(planes).round().astype(np.uint8))
+    alpha = bgra[..., 3]
+    flat = np.full_like(alpha, round(RELIEF_SCALE))
+    return np.ascontiguousarray(np.dstack([alpha, flat, np.zeros_like(alpha), np.zeros_like(alpha)]))
 
 
 @cache
