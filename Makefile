@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test,recognition
 CONFIG ?= maskgen/recognition/configs/smoke.toml
 
-.PHONY: install demo test bench bench-pipeline bench-align bench-train bench-evaluate bench-video train evaluate clean
+.PHONY: install demo test bench bench-pipeline bench-landmarks bench-align bench-train bench-evaluate bench-video train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,9 @@ bench: install
 
 bench-pipeline: install
 	$(BIN)/python -m maskgen.bench pipeline speed
+
+bench-landmarks: install
+	$(BIN)/python -m maskgen.bench landmarks
 
 bench-align: install
 	$(BIN)/python -m maskgen.bench align

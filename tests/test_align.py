@@ -119,3 +119,15 @@ def test_align_help_describes_align_own_options():
     assert "--detector" in text and "--upsample" in text
     assert "--wild" not in text  # align has no --wild: its detector options are its own
     assert "the input's own" not in text  # --format defaults to jpg, and says so
+
+
+@pytest.mark.parametrize("points", [68, 5])
+def test_either_landmark_engine_gives_the_same_crops(tmp_path, points):
+    """The 68- and the 5-point model run by the batched engine (default) or by dlib: same crops."""
+    crops = {}
+    for engine in ("batched", "dlib"):
+        job = AlignJob(AlignConfig(points=points, select="all", landmarker=engine))
+        rows, crops[engine] = align_one(job, WILD / "bald_guys.jpg", tmp_path / engine)
+        assert len(rows) >= 3 and {r["status"] for r in rows} == {"ok"}
+    assert len(crops["dlib"]) == len(crops["batched"])
+    assert all(np.array_equal(a, b) for a, b in zip(crops["dlib"], crops["batched"]))

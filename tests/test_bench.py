@@ -14,7 +14,7 @@ import pytest
 
 from maskgen.assets import assets_dir
 
-EVERY = ("masking", "pipeline", "align", "train", "evaluate", "video")
+EVERY = ("masking", "landmarks", "pipeline", "align", "train", "evaluate", "video")
 NO_TORCH = importlib.util.find_spec("torch") is None
 
 

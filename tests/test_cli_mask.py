@@ -57,6 +57,17 @@ def test_same_seed_same_bytes_other_seed_differs(small_tree, tmp_path):
     assert any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files)
 
 
+def test_either_landmark_engine_same_bytes(small_tree, tmp_path):
+    """--landmarker dlib (the reference) and the default batched engine write the same files."""
+    for name, engine in (("batched", "batched"), ("dlib", "dlib")):
+        result = invoke("mask", small_tree, "-o", tmp_path / name, "--aligned", "--landmarker", engine, "--variants", 2)
+        assert result.exit_code == 0, result.output
+    files = sorted(p.relative_to(tmp_path / "dlib") for p in (tmp_path / "dlib").rglob("*.*") if p.suffix != ".parquet")
+    assert len(files) == 6 * 2 * 2 and all((tmp_path / "dlib" / f).read_bytes() == (tmp_path / "batched" / f).read_bytes() for f in files)
+    a, b = (pd.read_parquet(tmp_path / name / "manifest.parquet").drop(columns="elapsed_ms") for name in ("batched", "dlib"))
+    assert a.equals(b)
+
+
 def test_bad_files_become_rows_and_nothing_else_is_lost(small_tree, tmp_path):
     bad = small_tree / "broken"
     bad.mkdir()
@@ -98,6 +109,7 @@ def test_user_mistakes_get_one_line_errors(tmp_path):
         (("mask", ALIGNED, "-o", tmp_path / "o", "--type", "n96"), "unknown value 'n96'"),
         (("mask", ALIGNED, "-o", tmp_path / "o", "--color", "blurple"), "not a colour"),
         (("mask", ALIGNED, "-o", tmp_path / "o", "--layout", "round"), "unknown crop layout"),
+        (("mask", ALIGNED, "-o", tmp_path / "o", "--landmarker", "fast"), "--landmarker: unknown engine 'fast'"),
         (("preview", tmp_path), "holds no maskgen manifest"),
         # rich markup in a path is shown as typed, not parsed (it used to crash or vanish)
         (("mask", tmp_path / "in[/bold]", "-o", tmp_path / "o"), "in[/bold]"),

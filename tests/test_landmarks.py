@@ -81,3 +81,30 @@ def test_model_override(monkeypatch, tmp_path):
         model_path("landmarks68")
     monkeypatch.setenv("MASKGEN_LANDMARKS68", str(model_path("landmarks5")))
     assert model_path("landmarks68").name == "shape_predictor_5_face_landmarks.dat"
+
+
+@pytest.fixture(scope="module")
+def both_engines():
+    return {engine: Landmarker(engine=engine) for engine in ("batched", "dlib")}
+
+
+def test_both_engines_give_the_same_landmarks(both_engines, chips):
+    """The batched engine is the default everywhere: it must be dlib's landmarks to the pixel,
+    on aligned crops (one batch, and one by one) and on every face detected in wild photos."""
+    batched, reference = both_engines["batched"], both_engines["dlib"]
+    assert (batched.engine, reference.engine) == ("batched", "dlib")
+    images = [image for image, _ in chips]
+    in_one_batch = np.array([f.points for f in batched.aligned_batch(images)])
+    assert np.array_equal(in_one_batch, np.array([reference.aligned(im).points for im in images]))
+    assert np.array_equal(in_one_batch[3], batched.aligned(images[3]).points)
+    photos = [cv2.imread(str(p)) for p in sorted(WILD.rglob("*")) if p.suffix in (".jpg", ".ppm", ".png")]
+    for photo in photos:
+        found, expected = batched.detect(photo), reference.detect(photo)
+        assert [f.box for f in found] == [f.box for f in expected]
+        assert all(np.array_equal(f.points, e.points) for f, e in zip(found, expected))
+    assert sum(len(batched.detect(p)) for p in photos) >= 5
+
+
+def test_unknown_engine():
+    with pytest.raises(ValueError, match="unknown landmark engine 'fast'"):
+        Landmarker(engine="fast")

@@ -192,3 +192,13 @@ def test_the_default_shard_size_gives_every_worker_work_and_a_resume_keeps_its_o
     assert plan.n_shards == 4
     again, outcome = prepare_plan(layout, entries(55), config={"seed": 0}, shard_size=None, input_root=tmp_path, workers_hint=16)
     assert outcome == "resumed" and again.shard_size == plan.shard_size  # the planned shards stay, whatever the workers
+
+
+def test_the_landmark_engine_is_not_part_of_the_config_hash():
+    """Both engines give the same landmarks: a run made with one resumes with the other."""
+    from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.plan import config_hash
+
+    default = config_hash(build_job_config())
+    assert config_hash(build_job_config(landmarker="dlib")) == default
+    assert config_hash(build_job_config(seed=1)) != default

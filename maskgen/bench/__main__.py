@@ -11,6 +11,7 @@ import sys
 # name: (module, one line about it)
 BENCHMARKS = {
     "masking": ("maskgen.bench.masking", "mask engine: ms per image per stage on one core, then `maskgen mask` end to end"),
+    "landmarks": ("maskgen.bench.landmarks", "68-point landmarks: ms per face, dlib's predictor vs the batched engine (batch 1..512), one core"),
     "pipeline": ("maskgen.bench.pipeline", "generate pipeline: images/s plain vs Ray 1 and 2 workers (speed), driver RSS (memory)"),
     "align": ("maskgen.bench.align", "`maskgen align`: faces per CPU-second on the sample wild photos, per detector setting"),
     "train": ("maskgen.bench.train", "training images/s (SphereFace): in-memory batches vs the real manifest loader"),

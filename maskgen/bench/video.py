@@ -60,7 +60,7 @@ def synthetic_clip(frames: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def loaded_landmarker(config: TrackerConfig, frame: np.ndarray) -> Landmarker:
-    landmarker = Landmarker(detector=config.detector, upsample=config.upsample)
+    landmarker = Landmarker(detector=config.detector, upsample=config.upsample, engine=config.landmarker)
     landmarker.detect(frame)  # the detector loads on first use: keep that out of the timings
     return landmarker
 

@@ -18,6 +18,7 @@ def mask(
     layout: opt.Layout = "auto",
     detector: opt.Detector = "hog",
     upsample: opt.Upsample = None,
+    landmarker: opt.Landmarks = "batched",
     mask_type: opt.MaskType = "random",
     color: opt.Color = "random",
     pattern: opt.Pattern = "random",
@@ -47,6 +48,7 @@ def mask(
             aligned=aligned, layout=layout, detector=detector, upsample=upsample, mask_type=mask_type, color=color,
             pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight, variants=variants,
             keep_original=keep_original, seed=seed, image_format=image_format, quality=quality, qa_reject=qa_reject, qa_thresholds=qa_thresholds,
+            landmarker=landmarker,
         )
     except ValueError as exc:
         raise opt.fail(str(exc)) from None

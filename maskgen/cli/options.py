@@ -23,6 +23,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Global seed; each image's ran
 Aligned = Annotated[bool, typer.Option("--aligned/--wild", help="Inputs are aligned face crops (face box from the crop, no detector) or photos in the wild (every face detected).")]
 Layout = Annotated[str, typer.Option("--layout", help=f"Aligned crop layout: {', '.join(LAYOUTS)} (auto: 96x112 -> sphereface, 112x112 -> arcface, else dlib chips).")]
 Detector = Annotated[str, typer.Option("--detector", help="Face detector for --wild: hog (fast) or cnn (dlib's mmod: finds more turned/small faces, ~10x slower on a CPU).")]
+Landmarks = Annotated[str, typer.Option("--landmarker", help="Landmark engine: batched (maskgen's compiled evaluator of dlib's model, several times faster) or dlib (dlib's own, the reference); the same landmarks.")]
 Upsample = Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, help="HOG upsampling for --wild (finds smaller faces, ~4x time each); default 1 up to 2000 px, else 0.")]
 ImageFormat = Annotated[Optional[str], typer.Option("--format", help="Output image format: jpg, png, webp... (default: the input's own).")]
 Quality = Annotated[Optional[int], typer.Option("--quality", min=1, max=100, help="JPEG/WEBP quality (default: the input's own, estimated from its tables).")]

@@ -33,6 +33,7 @@ def generate(
     layout: opt.Layout = "auto",
     detector: opt.Detector = "hog",
     upsample: opt.Upsample = None,
+    landmarker: opt.Landmarks = "batched",
     image_format: opt.ImageFormat = None,
     quality: opt.Quality = None,
     qa_reject: opt.QAReject = False,
@@ -56,6 +57,7 @@ def generate(
             wear_jitter=wear_jitter, texture_weight=texture_weight, keep_original=keep_original,
             seed=seed, aligned=aligned, layout=layout, detector=detector, upsample=upsample,
             image_format=image_format, quality=quality, qa_reject=qa_reject, qa_thresholds=qa_thresholds,
+            landmarker=landmarker,
         )
     except ValueError as exc:
         raise opt.fail(str(exc), as_json=as_json) from None
@@ -102,6 +104,7 @@ def align(
     size: Annotated[Optional[str], typer.Option("--size", help="Crop size WxH (e.g. 192x224); the template scales with it. Default: the template's own.")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: hog (fast) or cnn (dlib's mmod: finds more turned/small faces, ~10x slower on a CPU).")] = "hog",
     upsample: Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, help="HOG upsampling (finds smaller faces, ~4x time each); default 1 up to 2000 px, else 0.")] = None,
+    landmarker: opt.Landmarks = "batched",
     points: Annotated[int, typer.Option("--points", help="Alignment points from dlib's 68-point (default) or 5-point model (eyes from the 5-point fit).")] = 68,
     select: Annotated[str, typer.Option("--select", help="Photos with several faces: largest, central, or all (one crop each, <stem>_f<k>).")] = "largest",
     fallback: Annotated[bool, typer.Option("--fallback", help="Photos without a face: a centre crop, marked method=center_crop (default: a no_face row only).")] = False,
@@ -129,11 +132,15 @@ def align(
         raise opt.fail(f"--select: choose from {', '.join(SELECTIONS)}")
     if points not in (5, 68):
         raise opt.fail("--points: 5 or 68")
+    from maskgen.faces.landmarks import ENGINES
+
+    if landmarker not in ENGINES:
+        raise opt.fail(f"--landmarker: unknown engine {landmarker!r} (choose from {', '.join(ENGINES)})")
     from maskgen.images import format_name
 
     try:
         config = AlignConfig(template, crop, detector, upsample, points, select, fallback,
-                             format_name(image_format) or "JPEG", quality)
+                             format_name(image_format) or "JPEG", quality, landmarker)
     except ValueError as exc:
         raise opt.fail(str(exc)) from None
     try:

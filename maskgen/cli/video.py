@@ -21,6 +21,7 @@ def video(
     detect_every: Annotated[int, typer.Option("--detect-every", min=1, help="Run the face detector every N frames and follow faces in between (1 = every frame: slowest, catches the most).")] = 5,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: hog (fast) or cnn (dlib's mmod: more turned and small faces, ~10x slower on a CPU).")] = "hog",
     upsample: Annotated[int, typer.Option("--upsample", min=0, max=3, help="HOG upsampling: 0 finds faces from ~80 px; each step halves that and costs ~4x detection time.")] = 0,
+    landmarker: opt.Landmarks = "batched",
     mask_type: opt.MaskType = "random",
     color: opt.Color = "random",
     pattern: opt.Pattern = "random",
@@ -44,7 +45,8 @@ def video(
 
     try:
         options = MaskOptions.parse(type=mask_type, color=color, pattern=pattern, wear=wear)
-        config = TrackerConfig(detect_every=detect_every, detector=detector, upsample=upsample, smooth=smooth)
+        config = TrackerConfig(detect_every=detect_every, detector=detector, upsample=upsample, smooth=smooth,
+                               landmarker=landmarker)
         check_output(out_video, in_video)
         source = open_video(in_video)
     except (ValueError, VideoError) as exc:

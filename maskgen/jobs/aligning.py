@@ -6,16 +6,15 @@ every failure is a row, and every crop's row says how to trace it back to the ph
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import cv2
-import dlib
 import numpy as np
 
 from maskgen.errors import one_line
 from maskgen.faces.align import align_face, five_points, template_points
-from maskgen.faces.landmarks import Face, Landmarker
+from maskgen.faces.landmarks import Face, Landmarker, ShapePredictor
 from maskgen.faces.models import model_path
 from maskgen.files import write_atomic
 from maskgen.images import ImageError, decode_image, encode_image, output_format
@@ -39,6 +38,8 @@ class AlignConfig:
     fallback: bool = False  # faceless photos: a centre crop, marked method=center_crop
     image_format: str = "JPEG"
     quality: int = 95
+    # batched (maskgen's numba engine) or dlib: the same landmarks, so not part of the config hash
+    landmarker: str = field(default="batched", metadata={"same_output": True})
 
 
 class AlignJob(OneByOne):
@@ -49,8 +50,8 @@ class AlignJob(OneByOne):
             raise ValueError(f"--select: choose from {', '.join(SELECTIONS)}")
         template_points(config.template, config.size)  # validates the template name
         self.config = config
-        self.landmarker = Landmarker(detector=config.detector, upsample=config.upsample)
-        self.five = dlib.shape_predictor(str(model_path("landmarks5"))) if config.points == 5 else None
+        self.landmarker = Landmarker(detector=config.detector, upsample=config.upsample, engine=config.landmarker)
+        self.five = ShapePredictor(model_path("landmarks5"), config.landmarker) if config.points == 5 else None
 
     def process(self, src: Path, rel: str, out_root: Path) -> list[dict]:
         start = time.perf_counter()
@@ -91,8 +92,7 @@ class AlignJob(OneByOne):
             return five_points(face.points)
         # dlib's 5-point model: outer/inner corners of each eye, and the nose base. It has no
         # mouth corners, so those come from the 68-point fit.
-        shape = self.five(bgr, dlib.rectangle(*face.box))
-        p = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], np.float64)
+        p = self.five.predict([bgr], [face.box])[0].astype(np.float64)
         full = five_points(face.points)
         return np.array([(p[2] + p[3]) / 2, (p[0] + p[1]) / 2, full[2], full[3], full[4]])
 

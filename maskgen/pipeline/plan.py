@@ -47,9 +47,18 @@ def config_dict(config) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 
 
+def _output_fields(config) -> dict:
+    """The config's fields that change the output: all but those marked same_output (e.g. which
+    of two engines with identical results computes the landmarks)."""
+    if not dataclasses.is_dataclass(config):
+        return dict(config)
+    same = {f.name for f in dataclasses.fields(config) if f.metadata.get("same_output")}
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in same}
+
+
 def config_hash(config) -> str:
     """Hash of everything that changes output bytes: the job config, schema and code version."""
-    payload = {"config": config_dict(config), "schema": SCHEMA_VERSION, "maskgen": maskgen_version()}
+    payload = {"config": _output_fields(config), "schema": SCHEMA_VERSION, "maskgen": maskgen_version()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import cv2
-import dlib
 import numpy as np
 
-from maskgen.faces.landmarks import DETECTORS, Box, Landmarker, box_iou
+from maskgen.faces.landmarks import DETECTORS, ENGINES, Box, Landmarker, box_iou
 from maskgen.video.smoothing import OneEuroFilter, landmark_scale
 
 _PATCH = 24  # side of the face patch compared between frames (pixels)
@@ -38,6 +37,7 @@ class TrackerConfig:
     min_similarity: float = 0.5  # below this correlation with its template, a followed face is gone
     max_unconfirmed: int = 2  # detection rounds a followed face may go unseen by the detector
     remember_s: float = 2.0  # a lost face that reappears where it vanished within this keeps its id
+    landmarker: str = "batched"  # landmark engine: batched or dlib (the same landmarks)
 
     def __post_init__(self):
         if self.detect_every < 1:
@@ -46,6 +46,8 @@ class TrackerConfig:
             raise ValueError(f"--detector: unknown detector {self.detector!r} (choose from {', '.join(DETECTORS)})")
         if not 0 <= self.upsample <= 3:
             raise ValueError(f"--upsample must be between 0 and 3, got {self.upsample}")
+        if self.landmarker not in ENGINES:
+            raise ValueError(f"--landmarker: unknown engine {self.landmarker!r} (choose from {', '.join(ENGINES)})")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class FaceTracker:
 
     def __init__(self, fps: float, config: TrackerConfig = TrackerConfig(), landmarker: Landmarker | None = None):
         self.fps, self.config = fps, config
-        self.landmarker = landmarker or Landmarker(detector=config.detector, upsample=config.upsample)
+        self.landmarker = landmarker or Landmarker(detector=config.detector, upsample=config.upsample, engine=config.landmarker)
         if (self.landmarker.detector_name, self.landmarker.upsample) != (config.detector, config.upsample):
             raise ValueError("the landmarker's detector and upsample differ from the tracker config's")
         self.tracks: list[Track] = []
@@ -240,8 +242,7 @@ class FaceTracker:
         return fitted
 
     def _fit(self, gray: np.ndarray, box: Box) -> np.ndarray:
-        shape = self.landmarker.predictor(gray, dlib.rectangle(*box))
-        return np.fromiter((c for p in shape.parts() for c in (p.x, p.y)), np.float32, 136).reshape(68, 2)
+        return self.landmarker.fit(gray, box)
 
     def _face(self, track: Track) -> TrackedFace:
         smoothed = track.filter(track.points) if self.config.smooth else track.points
