@@ -2,6 +2,7 @@
 
     MANIFEST_SCHEMA  a mask run's rows (`mask`, `generate`): one per input x variant [x face]
     ALIGN_SCHEMA     an `align` run's rows: one per crop (or faceless photo)
+    LANDMARKS_SCHEMA a `landmarks` run's rows: one per image, its largest face's 68 points
     INPUTS_SCHEMA    a sharded run's plan/inputs.parquet: the sorted inputs
     TRAINING_SCHEMA  a training manifest (`trainset`, read by the trainer)
     PAIRS_SCHEMA     verification pairs (`pairs`, read by `evaluate`)
@@ -95,6 +96,23 @@ ALIGN_SCHEMA = pa.schema(
         ("elapsed_ms", pa.float32()),
     ],
     metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION, KIND_KEY: "align"},
+)
+
+LANDMARKS_SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("src_path", pa.string()),  # the image, relative to the input root, POSIX
+        ("width", pa.int32()),  # the image's size (the landmarks are in its pixels)
+        ("height", pa.int32()),
+        ("layout", pa.string()),  # the aligned crop's layout (auto resolved: dlib, sphereface, arcface)
+        ("faces_found", pa.int16()),  # 1 in aligned mode; the detector's count with --wild
+        ("box", pa.list_(pa.int32(), 4)),  # the face box the predictor ran in (left, top, right, bottom)
+        ("landmarks", pa.list_(pa.float32(), 136)),  # 68 (x, y) pairs, flattened; null on failure
+        ("status", pa.string()),  # ok, decode_error or no_face
+        ("error", pa.string()),
+        ("elapsed_ms", pa.float32()),
+    ],
+    metadata={SCHEMA_VERSION_KEY: SCHEMA_VERSION, KIND_KEY: "landmarks"},
 )
 
 INPUTS_SCHEMA = pa.schema(

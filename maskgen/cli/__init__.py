@@ -26,6 +26,7 @@ COMMANDS = {  # --help lists them in this order: the order of the workflow
     "inspect": sharded.inspect,
     "run": pipelines.run,
     "align": sharded.align,
+    "landmarks": sharded.landmarks,
     "trainset": datasets.trainset,
     "pairs": datasets.pairs,
     "train": recognition.train,

@@ -32,6 +32,7 @@ else:  # pragma: no cover - Python 3.10
 # stage -> the keys that are the command's arguments, in order; stages run in this order
 POSITIONAL = {
     "align": ("input", "output"),
+    "landmarks": ("input", "output"),
     "generate": ("input", "output"),
     "trainset": ("runs",),
     "pairs": ("sources",),

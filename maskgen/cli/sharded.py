@@ -158,6 +158,44 @@ def align(
     run_generate_request(request, quiet=quiet, as_json=as_json, label="align")
 
 
+def landmarks(
+    in_tree: Annotated[Path, typer.Argument(help="Face tree <root>/<identity>/<image> (aligned crops, or photos with --wild).", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder: manifest/ (one row per image: its 68 points; pandas.read_parquet on it), plan/, stats/.", show_default=False)],
+    aligned: opt.Aligned = True,
+    layout: opt.Layout = "auto",
+    detector: opt.Detector = "hog",
+    upsample: opt.Upsample = None,
+    landmarker: opt.Landmarks = "batched",
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Images per shard: the unit of work, retry and resume. Default: up to 5000, fewer on a small tree so that every worker gets two shards or more.", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start Ray on this machine.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
+    quiet: opt.Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object.")] = False,
+) -> None:
+    """The 68 landmarks of every image of IN_TREE (resumable, Ray): what online mask
+    augmentation (`online_masks` in a training config) masks faces from, without dlib."""
+    from maskgen.faces.landmarks import DETECTORS, ENGINES
+    from maskgen.faces.layouts import face_box
+    from maskgen.jobs.landmarking import LandmarkConfig
+    from maskgen.pipeline.driver import GenerateRequest
+
+    try:
+        face_box(112, 112, layout)
+    except ValueError as exc:
+        raise opt.fail(f"--layout: {exc}", as_json=as_json) from None
+    if detector not in DETECTORS:
+        raise opt.fail(f"--detector: unknown detector {detector!r} (choose from {', '.join(DETECTORS)})", as_json=as_json)
+    if landmarker not in ENGINES:
+        raise opt.fail(f"--landmarker: unknown engine {landmarker!r} (choose from {', '.join(ENGINES)})", as_json=as_json)
+    request = GenerateRequest(
+        input_root=in_tree, out_dir=out_dir, config=LandmarkConfig(aligned, layout, detector, upsample, landmarker),
+        shard_size=shard_size, max_shard_size=5000, workers=workers, address=address, overwrite=overwrite,
+        job_class="maskgen.jobs.landmarking:LandmarkJob",
+    )
+    run_generate_request(request, quiet=quiet, as_json=as_json, label="landmarks")
+
+
 def inspect(
     out_dir: Annotated[Path, typer.Argument(help="Output folder of a generate run.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,

@@ -160,7 +160,7 @@ class ImageJob:
             return
         start = time.perf_counter()
         todo = [(item, gray) for item in batch if item.rows is None and item.landmarks is None
-                if not _blank(gray := to_gray(item.image.bgr))]
+                if not is_blank(gray := to_gray(item.image.bgr))]
         faces = self.landmarker.aligned_batch([gray for _, gray in todo]) if todo else []
         share = (time.perf_counter() - start) / max(1, len(todo))
         for (item, _), face in zip(todo, faces):
@@ -289,7 +289,7 @@ class ImageJob:
         return suffix if fmt == in_fmt and suffix else ext
 
 
-def _blank(gray: np.ndarray) -> bool:
+def is_blank(gray: np.ndarray) -> bool:
     """Aligned mode trusts that a crop is a face (running a detector would cost more than the
     whole job); a blank crop is the one case cheap to catch."""
     return cv2.meanStdDev(gray)[1][0, 0] < 2.0
