@@ -12,6 +12,9 @@ The public Python API (each name is imported on first use, so `import maskgen` i
 
     summary = maskgen.generate_tree("casia/aligned", "out/webface", variants=1, keep_original=True)
 
+    masks = maskgen.OnlineMasks.parse(p=0.5, seed=1, type="surgical:0.6,cloth:0.4")
+    image, was_masked = masks(face, points, index=i, epoch=e)   # in a Dataset: no dlib there
+
 Everything else is importable from its package: maskgen.masks (templates, fit, render),
 maskgen.faces (landmarks, crop layouts), maskgen.jobs (per-image jobs), maskgen.pipeline
 (sharded, resumable execution on Ray), maskgen.datasets (reading finished runs, training
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["Landmarker", "MaskOptions", "MaskSpec", "MaskedFace", "RenderError", "generate_tree", "mask_image"]
+__all__ = ["Landmarker", "MaskOptions", "MaskSpec", "MaskedFace", "OnlineMasks", "RenderError", "generate_tree", "mask_image"]
 
 _LAZY = {
     "Landmarker": "maskgen.faces.landmarks",
     "MaskOptions": "maskgen.masks.options",
     "MaskSpec": "maskgen.masks.options",
+    "OnlineMasks": "maskgen.masks.online",
     "RenderError": "maskgen.masks.render",
     "MaskedFace": "maskgen.api",
     "mask_image": "maskgen.api",
