@@ -24,6 +24,10 @@ KIND_KEY = "maskgen.kind"  # "align" for align runs; absent for mask runs
 SOURCE_ROOT_KEY = "maskgen.source_root"  # the input root of a `maskgen mask` run
 CONFIG_KEY = "maskgen.config"  # a `maskgen mask` run's job config, JSON
 NUM_CLASSES_KEY = "maskgen.num_classes"  # a training manifest's class count (labels 0..C-1)
+# Where a relative image path in a trainset, pairs or scores file starts from: PATHS_FROM_MANIFEST,
+# the folder holding the file. Files written before the key existed lack it (see datasets.pairs).
+PATHS_BASE_KEY = "maskgen.paths_base"
+PATHS_FROM_MANIFEST = "manifest"
 
 
 def identity_of(rel: str) -> str:
@@ -125,7 +129,7 @@ INPUTS_SCHEMA = pa.schema(
 
 TRAINING_SCHEMA = pa.schema(
     [
-        ("path", pa.string()),  # absolute path of the image
+        ("path", pa.string()),  # the image: absolute, or relative to the manifest's folder (PATHS_BASE_KEY)
         ("label", pa.int32()),  # class index, 0..num_classes-1
         ("identity", pa.string()),
         ("variant", pa.string()),  # original | masked
@@ -140,7 +144,7 @@ PAIRS_SCHEMA = pa.schema(
         ("fold", pa.int16()),
         ("pair_type", pa.string()),
         ("same", pa.bool_()),  # same identity
-        ("path_a", pa.string()),
+        ("path_a", pa.string()),  # the images: absolute, or relative to the pairs file's folder (PATHS_BASE_KEY)
         ("path_b", pa.string()),
         ("identity_a", pa.string()),
         ("identity_b", pa.string()),

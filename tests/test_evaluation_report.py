@@ -4,15 +4,19 @@ the numbers of the evaluation in it."""
 from __future__ import annotations
 
 import json
+import os
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from maskgen.bench.evaluate import synthetic_pairs
+from maskgen.datasets.pairs import resolve_manifest_paths
 from maskgen.evaluation.evaluate import Evaluation, mean_subtraction, score_pairs
 from maskgen.evaluation.report import markdown, write_report
+from maskgen.schemas import PATHS_BASE_KEY, read_key
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,17 @@ def test_markdown_rows_carry_the_accuracy_and_note_unmeasurable_far(evaluation):
     row = next(line for line in text.splitlines() if line.startswith("| unmasked-unmasked |"))
     assert f"{100 * plain['accuracy']:.2f} ± {100 * plain['accuracy_std']:.2f}" in row
     assert "n/a" in row  # 500 negatives: FAR 1e-3 is not measurable
-    assert "FAR 0.001 needs >= 1000 different-identity pairs, have 500" in text
+    assert "FAR 0.1% needs >= 1000 different-identity pairs, have 500" in text
+    assert "| TAR % @ FAR 1% | TAR % @ FAR 0.1% |" in text and "| TAR % | FAR % |" in text  # units in the headers
+
+
+def test_scores_paths_are_relative_to_the_scores_file(evaluation, tmp_path):
+    targets = write_report(evaluation, tmp_path / "deep" / "results")
+    table = pq.read_table(targets["scores.parquet"])
+    stored = table.column("path_a").to_pylist()
+    assert read_key(table.schema.metadata, PATHS_BASE_KEY) == "manifest" and not os.path.isabs(stored[0])
+    back = resolve_manifest_paths(stored, targets["scores.parquet"], table.schema.metadata)
+    assert back == [os.path.realpath(p) for p in evaluation.scores.path_a]
 
 
 def test_auto_mean_subtraction_is_off_when_training_folds_hold_few_identities():

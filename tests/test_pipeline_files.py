@@ -120,7 +120,7 @@ def test_every_stage_runs_and_writes_real_outputs(ran):
     train_rows = pd.read_parquet(pipeline.trainset)
     labels = json.loads(pipeline.trainset.with_name("trainset.labels.json").read_text())
     assert sorted(labels) == IDENTITIES and len(train_rows) == 2 * N_INPUTS
-    assert all(Path(p).is_file() for p in train_rows["path"])
+    assert all((pipeline.trainset.parent / p).is_file() for p in train_rows["path"])  # relative to the manifest
 
     pairs = pd.read_parquet(pipeline.pairs)
     assert set(pairs["fold"]) == {0, 1} and set(pairs["pair_type"]) == {"masked-unmasked", "unmasked-unmasked"}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import ALIGNED
 from typer.testing import CliRunner
@@ -12,6 +14,8 @@ from typer.testing import CliRunner
 from maskgen.cli import app
 from maskgen.datasets.pairs import make_pairs, read_lfw_pairs, write_lfw_pairs
 from maskgen.datasets.runs import collect_images
+from maskgen.evaluation.evaluate import read_pairs
+from maskgen.schemas import PATHS_BASE_KEY, read_key
 
 runner = CliRunner()
 
@@ -41,7 +45,7 @@ def test_trainset_labels_ratio_exclusions_holdout(masked_run, tmp_path):
     assert held.identity.nunique() == 1 and not set(held.identity) & set(train.identity)
     counts = train.groupby(["identity", "variant"]).size().unstack()
     assert (counts.masked == counts.original).all()  # ratio 1: as many masked as originals
-    assert all(p.endswith(".jpg") and pd.io.common.file_exists(p) for p in train.path)
+    assert all(p.endswith(".jpg") and (tmp_path / p).is_file() for p in train.path)  # relative to its folder
     assert "left out: excluded identity" in result.output
 
 
@@ -101,3 +105,24 @@ def test_plain_tree_gives_unmasked_pairs_only(tmp_path):
     assert result.exit_code == 0, result.output
     result = invoke("pairs", ALIGNED, "-o", tmp_path / "p.parquet", "--folds", 2, "--types", "masked-unmasked")
     assert result.exit_code == 2 and "cannot balance masked-unmasked" in result.output
+
+
+def test_manifests_written_from_another_folder_find_their_images(masked_run, tmp_path, monkeypatch):
+    """trainset and pairs written into a subfolder from a third folder, the run named relative
+    to it: the trainer's reader and evaluate's, run from yet another folder, find every image."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    run = os.path.relpath(masked_run, work)
+    assert invoke("trainset", run, "-o", "sub/t.parquet", "--holdout", 0.2).exit_code == 0
+    assert invoke("pairs", run, "-o", "sub/p.parquet", "--folds", 2).exit_code == 0
+    for name in ("t.parquet", "t.holdout.parquet", "p.parquet"):
+        assert read_key(pq.read_schema(work / "sub" / name).metadata, PATHS_BASE_KEY) == "manifest"
+    monkeypatch.chdir(tmp_path)
+    pairs = read_pairs(work / "sub" / "p.parquet")
+    assert all(os.path.isfile(p) for p in pd.concat([pairs.path_a, pairs.path_b]))
+    pytest.importorskip("torch")
+    from maskgen.recognition.data import read_manifest
+
+    manifest = read_manifest(work / "sub" / "t.parquet")
+    assert len(manifest.paths) and all(os.path.isfile(p) for p in manifest.paths)

@@ -12,7 +12,7 @@ from maskgen.cli import options as opt
 
 def trainset(
     runs: Annotated[list[Path], typer.Argument(help="Runs of `generate`/`mask`/`align` (folders or manifest files), or plain <identity>/<image> trees.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Training manifest (.parquet) to write; labels go to <name>.labels.json beside it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training manifest (.parquet) to write; image paths in it are relative to its folder; labels go to <name>.labels.json beside it.")],
     masked_per_original: Annotated[Optional[float], typer.Option("--masked-ratio", min=0, help="Masked images per original image, per identity (a seeded pick); default: all.")] = None,
     min_images: Annotated[int, typer.Option("--min-images", min=1, help="Leave out identities with fewer source photos.")] = 1,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Identities to leave out: names, comma lists, files with a name a line, or `lfw` (the 3 CASIA-WebFace identities in LFW). Repeatable.")] = None,
@@ -60,7 +60,7 @@ def trainset(
 
 def pairs(
     sources: Annotated[list[Path], typer.Argument(help="Test runs (folders or manifests) or plain <identity>/<image> trees.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pairs file (.parquet) to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pairs file (.parquet) to write; image paths in it are relative to its folder.")],
     folds: Annotated[int, typer.Option("--folds", min=2, help="Identity-disjoint folds (LFW: 10).")] = 10,
     per_fold: Annotated[Optional[int], typer.Option("--per-fold", min=1, help="Positive (and as many negative) pairs per fold and type; default: the most every fold allows, at most 300.")] = None,
     types: Annotated[str, typer.Option("--types", help="Comma list of masked-unmasked, masked-masked, unmasked-unmasked.")] = "masked-unmasked,masked-masked,unmasked-unmasked",

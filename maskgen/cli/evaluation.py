@@ -44,7 +44,7 @@ def evaluate(
         "--model", "-m", help="A checkpoint.pt from `maskgen train` (or its folder), or dlib-resnet: dlib's "
         "pretrained 128-d ResNet from face_recognition_models (no torch needed).", show_default=False)],
     pairs: Annotated[Path, typer.Option(
-        "--pairs", "-p", help="Pairs file (.parquet) from `maskgen pairs`; relative image paths start from the current folder.",
+        "--pairs", "-p", help="Pairs file (.parquet) from `maskgen pairs`; relative image paths start from its folder.",
         show_default=False)],
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Results folder: report.json, report.md, roc.png, scores.parquet.", show_default=False)],
@@ -60,7 +60,7 @@ def evaluate(
 ) -> None:
     """Verification accuracy of a recogniser on masked/unmasked pairs (LFW protocol).
 
-    Mean ± std over folds, ROC/AUC, EER, TAR@FAR, per pair type, mask type and wear."""
+    Mean ± std over folds, ROC/AUC, EER, TAR at fixed FARs, per pair type, mask type and wear."""
     from maskgen.evaluation.embedders import EmbedderError, get_embedder
     from maskgen.evaluation.evaluate import EvaluationError, evaluate_pairs
     from maskgen.evaluation.report import write_report
@@ -90,18 +90,30 @@ def rich_table(title: str, header: list[str], rows: list[list[str]]):
 
     table = Table(title=title, title_justify="left")
     for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i < 2 else "right")
+        table.add_column(column, justify="left" if i < 2 else "right", overflow="fold")  # wrap, never "…"
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def print_whole(console, table) -> None:
+    """A table at the width it needs when stdout is a pipe or a file (where rich would squeeze
+    it into 80 columns); a terminal narrower than the table gets its cells wrapped."""
+    from rich.measure import Measurement
+
+    if not console.is_terminal:
+        needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        console.width = max(console.width, needed)
+    console.print(table)
 
 
 def print_report(report: dict, console) -> None:
     from maskgen.evaluation.report import BREAKDOWN_HEADER, GROUP_HEADER, breakdown_rows, group_rows, json_ready, notes
 
     report = json_ready(report)
-    console.print(rich_table(f"{report['model']['model']} on {report['pairs']['file']}", GROUP_HEADER, group_rows(report)))
+    print_whole(console, rich_table(f"{report['model']['model']} on {report['pairs']['file']}", GROUP_HEADER,
+                                    group_rows(report)))
     if report["breakdown"] or len(report["groups"]) > 1:
-        console.print(rich_table("by mask type and wear", BREAKDOWN_HEADER, breakdown_rows(report)))
+        print_whole(console, rich_table("by mask type and wear", BREAKDOWN_HEADER, breakdown_rows(report)))
     for note in notes(report):
         console.print(f"[dim]{note}[/dim]", highlight=False)

@@ -4,10 +4,14 @@ Pair types: masked-unmasked (the main one: a masked probe against an unmasked ga
 image), masked-masked and unmasked-unmasked. A positive pairs two different source photos
 of one identity; a negative pairs photos of two identities of the same fold. Everything is
 drawn from a seed, so the same inputs give the same pairs. LFW's `pairs.txt` reads and writes
-in the same form, so LFW, MFR2-style and private sets are handled alike."""
+in the same form, so LFW, MFR2-style and private sets are handled alike.
+
+Also here: the one convention for image paths in every manifest maskgen writes (trainset,
+pairs, evaluate's scores): a relative path starts from the folder holding the file."""
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from maskgen.files import write_atomic, write_parquet
-from maskgen.schemas import PAIRS_SCHEMA
+from maskgen.schemas import PAIRS_SCHEMA, PATHS_BASE_KEY, PATHS_FROM_MANIFEST, read_key
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 _KINDS = {"masked": "masked", "unmasked": "original"}
@@ -139,7 +143,67 @@ def make_pairs(
 
 
 def write_pairs(pairs: pd.DataFrame, target: Path) -> None:
-    write_parquet(target, pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False))
+    pairs = pairs.assign(path_a=paths_for_manifest(pairs.path_a, target), path_b=paths_for_manifest(pairs.path_b, target))
+    table = pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False)
+    write_parquet(target, table, {PATHS_BASE_KEY: PATHS_FROM_MANIFEST})
+
+
+# -- image paths in manifests ----------------------------------------------------------------
+# Stored relative to the manifest's folder (PATHS_BASE_KEY says so), so that a manifest and its
+# images can move together and the working folder of whoever reads it does not matter.
+
+
+def paths_for_manifest(paths, manifest: Path) -> list[str]:
+    """Image paths (absolute, or relative to the current folder) as a manifest written to
+    `manifest` stores them: relative to its folder, POSIX."""
+    # Real folders on both sides: a leading `..` is then right even when a folder is a symlink,
+    # as the OS resolves `..` in the real folder.
+    folder = os.path.realpath(Path(manifest).parent)
+    stored_parents: dict[str, str | None] = {}  # one relpath per image folder (millions of rows)
+
+    def stored(path: str) -> str:
+        parent, name = os.path.split(str(path))
+        if parent not in stored_parents:
+            try:
+                stored_parents[parent] = Path(os.path.relpath(os.path.realpath(parent or "."), folder)).as_posix()
+            except ValueError:  # on another drive (Windows): no relative path exists
+                stored_parents[parent] = None
+        rel = stored_parents[parent]
+        return str(Path(path).absolute()) if rel is None else f"{rel}/{name}" if rel != "." else name
+
+    return [stored(p) for p in paths]
+
+
+def resolve_manifest_paths(paths, manifest: Path, metadata: dict | None) -> list[str]:
+    """A manifest's stored image paths as absolute paths (`metadata`: its Parquet schema's)."""
+    base = read_key(metadata, PATHS_BASE_KEY)
+    folder = Path(os.path.realpath(Path(manifest).parent))
+    if base == PATHS_FROM_MANIFEST:
+        return [_joined(folder, p) for p in paths]
+    if base is not None:
+        raise PairsError(f"{manifest}: image paths relative to {base!r}, which this maskgen does not know "
+                         "(written by a newer version?)")
+    return [_legacy_path(p, folder) for p in paths]
+
+
+def _legacy_path(path: str, folder: Path) -> str:
+    """A path in a file without PATHS_BASE_KEY: written by hand (relative to the file's folder,
+    the convention), or by maskgen before the key (relative to the folder it ran in): the
+    file's folder wins, the current folder is the fallback."""
+    beside = _joined(folder, path)
+    if Path(path).is_absolute() or os.path.exists(beside) or not Path(path).exists():
+        return beside
+    return _joined(Path(os.path.realpath(os.getcwd())), path)
+
+
+def _joined(real_folder: Path, path: str) -> str:
+    """`path` from a real (symlink-free) folder, its leading `..` taken off that folder: the
+    file the OS would open, spelled without them."""
+    parts = Path(path).parts
+    ups = next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+    for _ in range(ups):
+        real_folder = real_folder.parent
+    return str(real_folder.joinpath(*parts[ups:]))
 
 
 # -- LFW pairs.txt -------------------------------------------------------------------------

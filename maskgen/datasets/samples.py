@@ -9,7 +9,7 @@ from pathlib import Path
 
 from maskgen.assets import sample_faces
 from maskgen.files import write_atomic, write_parquet
-from maskgen.schemas import NUM_CLASSES_KEY, TRAINING_SCHEMA
+from maskgen.schemas import NUM_CLASSES_KEY, PATHS_BASE_KEY, PATHS_FROM_MANIFEST, TRAINING_SCHEMA
 
 SAMPLE_FOLDS = 2  # the sample has 5 identities: identity-disjoint negatives allow 2 folds
 
@@ -58,7 +58,7 @@ def build_sample_manifest(manifest: str | Path, source: str | Path | None = None
                 add(f"images/{identity}/{image.stem}_mask{n}.jpg", masked, label, identity, "masked")
 
     schema = pa.schema([TRAINING_SCHEMA.field(name) for name in rows])
-    write_parquet(manifest, pa.table(rows, schema=schema), {NUM_CLASSES_KEY: len(identities)})
+    write_parquet(manifest, pa.table(rows, schema=schema), {NUM_CLASSES_KEY: len(identities), PATHS_BASE_KEY: PATHS_FROM_MANIFEST})
     return manifest
 
 

@@ -2,7 +2,8 @@
 
 Only `ok` rows go in; everything left out is counted by reason. Labels are contiguous
 integers over the identities' sorted names, saved beside the manifest; given an earlier
-label file, existing identities keep their numbers and new ones are appended."""
+label file, existing identities keep their numbers and new ones are appended. Image paths are
+stored relative to the manifest's folder (datasets.pairs.paths_for_manifest)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from maskgen.datasets.pairs import paths_for_manifest
 from maskgen.datasets.runs import collect_images
 from maskgen.files import write_atomic, write_parquet
-from maskgen.schemas import NUM_CLASSES_KEY, TRAINING_SCHEMA
+from maskgen.schemas import NUM_CLASSES_KEY, PATHS_BASE_KEY, PATHS_FROM_MANIFEST, TRAINING_SCHEMA
 
 # CASIA-WebFace identities that are also in LFW: drop them before testing on LFW.
 LFW_OVERLAP = ("0166921", "1056413", "1193098")
@@ -124,8 +126,10 @@ def write_trainset(rows: pd.DataFrame, holdout: pd.DataFrame, labels: dict, targ
     for frame, path in ((rows, target), (holdout, target.with_name(target.stem + ".holdout.parquet"))):
         if path != target and frame.empty:
             continue
-        table = pa.Table.from_pandas(frame.assign(label=frame.get("label", -1)), schema=TRAINING_SCHEMA, preserve_index=False)
-        write_parquet(path, table.replace_schema_metadata({}), {NUM_CLASSES_KEY: num_classes})
+        frame = frame.assign(label=frame.get("label", -1), path=paths_for_manifest(frame.path, path))
+        table = pa.Table.from_pandas(frame, schema=TRAINING_SCHEMA, preserve_index=False)
+        write_parquet(path, table.replace_schema_metadata({}), {NUM_CLASSES_KEY: num_classes,
+                                                                 PATHS_BASE_KEY: PATHS_FROM_MANIFEST})
     write_atomic(labels_path(target), json.dumps(labels, indent=1).encode())
 
 

@@ -2,6 +2,7 @@
 run the LFW protocol per pair type (and over all pairs when there are several types), and
 break each masked pair type down by mask type and by wear.
 
+Relative image paths start from the pairs file's folder (datasets.pairs.resolve_manifest_paths).
 Images that are missing or cannot be decoded stop the evaluation with a list of them, unless
 `skip_missing`: then the pairs that use them are left out and the report says how many and which.
 Dropping pairs silently would change the benchmark, so it is never the default."""
@@ -18,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from maskgen.datasets.pairs import PairsError, resolve_manifest_paths
 from maskgen.evaluation import metrics
 from maskgen.evaluation.embedders import Embedder
 from maskgen.evaluation.protocol import ProtocolError, ProtocolResult, lfw_protocol
@@ -46,14 +48,20 @@ def read_pairs(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise EvaluationError(f"pairs file not found: {path}")
     try:
-        table = pq.read_table(path).to_pandas()
+        arrow = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise EvaluationError(f"{path} is not a Parquet pairs file ({' '.join(str(exc).split())[:160]})") from None
+    table = arrow.to_pandas()
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise EvaluationError(f"{path} lacks column(s) {', '.join(missing)}: write pairs with `maskgen pairs`")
     if table.empty:
         raise EvaluationError(f"{path} holds no pairs")
+    try:
+        for column in ("path_a", "path_b"):
+            table[column] = resolve_manifest_paths(table[column], path, arrow.schema.metadata)
+    except PairsError as exc:
+        raise EvaluationError(str(exc)) from None
     if "pair_type" not in table.columns:
         table["pair_type"] = "pairs"
     table["same"] = table["same"].astype(bool)

@@ -29,6 +29,11 @@ class TarAtFar:
     note: str = ""
 
 
+def far_text(far: float) -> str:
+    """A false accept rate in percent, as tables and notes name it: 0.001 -> "0.1%"."""
+    return f"{100 * far:g}%"
+
+
 def has_both_classes(same: np.ndarray) -> bool:
     return bool(same.any()) and not bool(same.all())
 
@@ -48,7 +53,7 @@ def tar_at_far(curve: Roc, far: float) -> TarAtFar:
     to be observable at all; with fewer the figure is not reported."""
     needed = math.ceil(1 / far)
     if curve.negatives < needed:
-        return TarAtFar(far, None, None, f"FAR {far:g} needs >= {needed} different-identity pairs, have {curve.negatives}")
+        return TarAtFar(far, None, None, f"FAR {far_text(far)} needs >= {needed} different-identity pairs, have {curve.negatives}")
     i = int(np.searchsorted(curve.fpr, far, side="right")) - 1
     return TarAtFar(far, float(curve.tpr[i]), finite_or_none(curve.thresholds[i]))
 

@@ -1,6 +1,7 @@
 """An evaluation written out: report.json (everything, machine-readable), report.md (tables
 and the ROC plot), roc.png, scores.parquet (every evaluated pair with its score, threshold
-and decision); the CLI prints the same tables with rich."""
+and decision; image paths relative to its folder, as in every maskgen manifest); the CLI
+prints the same tables with rich."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from maskgen.datasets.pairs import paths_for_manifest
 from maskgen.evaluation.evaluate import ALL_PAIRS, Evaluation
-from maskgen.evaluation.metrics import FARS
+from maskgen.evaluation.metrics import FARS, far_text
 from maskgen.files import write_atomic, write_parquet
+from maskgen.schemas import PATHS_BASE_KEY, PATHS_FROM_MANIFEST
 
 JSON_NAME, MARKDOWN_NAME, ROC_NAME, SCORES_NAME = "report.json", "report.md", "roc.png", "scores.parquet"
 BASELINE = "unmasked-unmasked"  # the breakdown's accuracy drop is measured against it
@@ -22,7 +25,8 @@ BY_TITLES = {"mask_type": "mask", "wear": "wear"}  # subset labels: "mask: cloth
 
 
 def percent(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None else f"{100 * value:.{digits}f}%"
+    """A rate in percent, without the sign: the column's header carries the unit."""
+    return "–" if value is None else f"{100 * value:.{digits}f}"
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -46,9 +50,13 @@ def drop_text(row: dict, baseline: float | None) -> str:
     return "–" if baseline is None else f"{100 * (row['accuracy'] - baseline):+.1f}"
 
 
+def tar_header(far: float) -> str:
+    return f"TAR % @ FAR {far_text(far)}"
+
+
 # -- tables as rows of strings, shared by Markdown and rich ------------------------------------
 
-GROUP_HEADER = ["pairs", "n", "accuracy %", "AUC", "EER", *(f"TAR@FAR {far:g}" for far in FARS), "threshold"]
+GROUP_HEADER = ["pairs", "n", "accuracy %", "AUC", "EER %", *(tar_header(far) for far in FARS), "threshold"]
 
 
 def group_rows(report: dict) -> list[list[str]]:
@@ -56,7 +64,7 @@ def group_rows(report: dict) -> list[list[str]]:
              *(tar_text(g, far) for far in FARS), number(g["threshold"])] for g in report["groups"]]
 
 
-BREAKDOWN_HEADER = ["pairs", "subset", "n", "accuracy %", f"Δ vs {BASELINE} (pts)", "TAR", "FAR", "AUC"]
+BREAKDOWN_HEADER = ["pairs", "subset", "n", "accuracy %", f"Δ vs {BASELINE} (pts)", "TAR %", "FAR %", "AUC"]
 PAIR_TYPE_ORDER = (BASELINE, "masked-unmasked", "masked-masked")
 
 
@@ -71,7 +79,7 @@ def breakdown_rows(report: dict) -> list[list[str]]:
         rows.append([pair_type, "all", str(g["pairs"]), accuracy_text(g, 1),
                      "–" if pair_type == BASELINE else drop_text(g, baseline),
                      percent(g["tar"]), percent(g["far"]), number(g["auc"], 4)])
-        rows += [[pair_type, f"{BY_TITLES[r['by']]}: {r['value']}", str(r["pairs"]), f"{100 * r['accuracy']:.1f}",
+        rows += [[pair_type, f"{BY_TITLES[r['by']]}: {r['value']}", str(r["pairs"]), percent(r["accuracy"]),
                   drop_text(r, baseline), percent(r["tar"]), percent(r["far"]), number(r["auc"], 4)]
                  for r in report["breakdown"] if r["pair_type"] == pair_type]
     return rows
@@ -83,7 +91,7 @@ def notes(report: dict) -> list[str]:
     for g in report["groups"]:
         for entry in g["tar_at_far"]:
             if entry["tar"] is None:
-                remarks.setdefault(f"TAR@FAR {entry['far']:g} not reported: {entry['note']}", []).append(g["group"])
+                remarks.setdefault(f"TAR @ FAR {far_text(entry['far'])} not reported: {entry['note']}", []).append(g["group"])
         if not g["mean_subtraction"].startswith("on"):
             remarks.setdefault(f"mean subtraction {g['mean_subtraction']}", []).append(g["group"])
     found = [f"{', '.join(groups)}: {remark}" for remark, groups in remarks.items()]
@@ -115,7 +123,7 @@ def markdown(report: dict) -> str:
         f"Protocol: {report['protocol']}.",
         "## By pair type",
         f"Accuracy: mean ± std over {folds_text(report)} folds, each judged at the threshold chosen on the other "
-        "folds; AUC, EER and TAR@FAR on the pooled out-of-fold scores; threshold: the folds' mean (cosine).",
+        "folds; AUC, EER and TAR @ FAR on the pooled out-of-fold scores; threshold: the folds' mean (cosine).",
         markdown_table(GROUP_HEADER, group_rows(report)), f"![ROC]({ROC_NAME})",
     ]
     if report["breakdown"] or len(report["groups"]) > 1:
@@ -172,6 +180,11 @@ def json_ready(value):
     return value
 
 
+def scores_table(scores, target: Path) -> pa.Table:
+    stored = {c: paths_for_manifest(scores[c], target) for c in ("path_a", "path_b") if c in scores}
+    return pa.Table.from_pandas(scores.assign(**stored), preserve_index=False)
+
+
 def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = {name: out_dir / name for name in (JSON_NAME, MARKDOWN_NAME, ROC_NAME, SCORES_NAME)}
@@ -179,5 +192,6 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     write_atomic(targets[JSON_NAME], (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
     write_atomic(targets[MARKDOWN_NAME], markdown(report).encode())
     write_atomic(targets[ROC_NAME], roc_png(evaluation))
-    write_parquet(targets[SCORES_NAME], pa.Table.from_pandas(evaluation.scores, preserve_index=False))
+    write_parquet(targets[SCORES_NAME], scores_table(evaluation.scores, targets[SCORES_NAME]),
+                  {PATHS_BASE_KEY: PATHS_FROM_MANIFEST})
     return targets
