@@ -1,6 +1,7 @@
 """The PyTorch port of dlib's face-recognition ResNet: dlib's own descriptors, to 1e-5 per
 component, on the real sample chips and on chips with the lower face painted over, at batch 1
-and 32; a clear error for a damaged .dat; gradients everywhere; fine-tuning lowers a loss."""
+and 32; a clear error for a damaged .dat; gradients everywhere; fine-tuning lowers a loss.
+(Fine-tuning through `maskgen train`: tests/test_recognition_train.py.)"""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from conftest import aligned_files  # noqa: E402
 
 import maskgen.recognition.dlib_resnet as port  # noqa: E402 - the module (the package's function has its name too)
 from maskgen.faces.models import model_path  # noqa: E402
-from maskgen.recognition.dlib_resnet import PARAMETERS, DlibModelError, DlibResNet, load_state_dict  # noqa: E402
-from maskgen.recognition.nets import get_model  # noqa: E402
+from maskgen.recognition.dlib_resnet import PARAMETERS, DlibModelError, DlibResNet  # noqa: E402
+from maskgen.recognition.nets import centre, get_model  # noqa: E402
 
 TOLERANCE = 1e-5  # per component; dlib's descriptors have norms ~1.4
 
@@ -47,7 +48,7 @@ def dlibs(chips) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def net() -> DlibResNet:
-    return port.dlib_resnet(cache=False)
+    return port.dlib_resnet()
 
 
 def embed(net, rgb: np.ndarray, batch: int) -> np.ndarray:
@@ -96,33 +97,14 @@ def test_a_truncated_or_malformed_dat_gives_a_clear_error(tmp_path):
         path = tmp_path / f"{name.replace(' ', '_')}.dat"
         path.write_bytes(data)
         with pytest.raises(DlibModelError) as caught:
-            port.dlib_resnet(path=path, cache=False)
+            port.dlib_resnet(path=path)
         message = str(caught.value)
         assert str(path) in message and says in message and "\n" not in message, (name, message)
         assert isinstance(caught.value, ValueError)
 
 
-def test_the_state_dict_is_cached_by_the_files_hash(tmp_path, monkeypatch):
-    monkeypatch.setenv("MASKGEN_CACHE", str(tmp_path / "cache"))
-    first = load_state_dict()
-    (cached,) = (tmp_path / "cache").glob("dlib-resnet-*.pt")
-    monkeypatch.setattr(port, "parse_dat", lambda *a: pytest.fail("parsed again despite the cache"))
-    again = load_state_dict()
-    assert all(torch.equal(first[k], again[k]) for k in first)
-    monkeypatch.undo()
-
-    cached.write_bytes(b"damaged")  # a damaged cache file is rebuilt from the .dat
-    monkeypatch.setenv("MASKGEN_CACHE", str(tmp_path / "cache"))
-    assert torch.equal(load_state_dict()["fc.weight"], first["fc.weight"]) and cached.stat().st_size > 1000
-
-    blocked = tmp_path / "a-file"  # not a folder: no cache, still loads
-    blocked.write_text("")
-    monkeypatch.setenv("MASKGEN_CACHE", str(blocked))
-    assert torch.equal(load_state_dict()["fc.weight"], first["fc.weight"])
-
-
 def test_gradients_reach_every_parameter(net, chips):
-    model = port.dlib_resnet(cache=False).train()
+    model = port.dlib_resnet().train()
     x = torch.from_numpy(chips["masked"][:2]).permute(0, 3, 1, 2).float().requires_grad_()
     model(x).pow(2).sum().backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -136,7 +118,7 @@ def fine_tune(chips, balanced: bool, steps: int = 4) -> list[float]:
     rows = [i for i, name in enumerate(names) if names[: i + 1].count(name) <= 4]
     labels = torch.tensor([sorted(set(names)).index(names[i]) for i in rows])
     x = torch.from_numpy(np.stack([chips["masked" if i % 2 else "clean"][i] for i in rows])).permute(0, 3, 1, 2).float()
-    model = port.dlib_resnet(cache=False).train()
+    model = port.dlib_resnet().train()
     if balanced:
         model.balance_()
     head = torch.nn.Linear(128, 5, bias=False)
@@ -159,7 +141,7 @@ def fine_tune(chips, balanced: bool, steps: int = 4) -> list[float]:
 
 
 def test_balancing_is_exact(net, chips):
-    balanced = port.dlib_resnet(cache=False).balance_()
+    balanced = port.dlib_resnet().balance_()
     assert balanced.output_scale.item() != 1.0 and not torch.equal(balanced.conv1.weight, net.conv1.weight)
     x = torch.from_numpy(chips["masked"][:8]).permute(0, 3, 1, 2).float()
     with torch.inference_mode():
@@ -180,11 +162,16 @@ def test_fine_tuning_the_balanced_backbone_with_a_cosine_head_lowers_the_loss(ch
 def test_the_trainers_backbone_takes_its_centred_input_exactly(net, chips):
     backbone = get_model("dlib-resnet", 128, (150, 150))
     backbone.load_state_dict(net.state_dict())
+    pretrained = get_model("dlib-resnet", 128, (150, 150), init="dlib-resnet")  # dlib's weights, balanced
     pixels = torch.from_numpy(chips["clean"][:4]).permute(0, 3, 1, 2).float()
     with torch.inference_mode():
-        assert torch.equal(backbone.eval()((pixels - 127.5) / 128.0), net(pixels))
+        assert torch.equal(backbone.eval()(centre(pixels)), net(pixels))
+        assert torch.equal(pretrained.eval()(centre(pixels)), net(pixels))
+    assert pretrained.output_scale.item() != 1.0
     with pytest.raises(ValueError, match="150x150"):
         get_model("dlib-resnet", 128, (112, 96))
+    with pytest.raises(ValueError, match="random initialisation only"):
+        get_model("sphereface4", init="dlib-resnet")
 
 
 def test_the_package_name_builds_the_net_before_and_after_the_module_is_imported():

@@ -1,8 +1,9 @@
 """Evaluation throughput (a benchmark, not a test):
 
 1. pairs/s of the whole `evaluate` path (read pairs, embed each distinct image with its
-   mirror, protocol, report) with a SphereFace checkpoint (random weights: throughput does
-   not depend on them) on the sample faces' pairs; embedding dominates;
+   mirror, protocol, report) with a checkpoint (random weights: throughput does not depend
+   on them; SphereFace, or dlib-resnet as a fine-tuned one would run) on the sample faces'
+   pairs; embedding dominates;
 2. the time beyond the embeddings for an LFW-size set: 6,000 pairs in 10 folds of 1024-d
    synthetic features (protocol per group, breakdowns, JSON/Markdown/PNG/Parquet written).
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=prog("evaluate"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sphereface20",
-                        help="SphereFace variant for the embedding benchmark, random weights (default: %(default)s)")
+                        help="checkpoint backbone for the embedding benchmark, random weights: sphereface4/10/20/36/64 "
+                        "or dlib-resnet (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda (default: %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--pairs", type=at_least(20), default=6000,

@@ -29,7 +29,7 @@ from maskgen.recognition.checkpoints import pick_device
 from maskgen.recognition.config import TrainConfig
 from maskgen.recognition.data import PREFETCH, EpochSampler, ManifestDataset, make_loader, read_manifest
 from maskgen.recognition.heads import get_head
-from maskgen.recognition.nets import get_model
+from maskgen.recognition.nets import FIXED, INITS, get_model
 from maskgen.recognition.train import Recogniser, autocast_for, build_optimizer, prepare_batch, train_step
 
 CASIA_CLASSES = 10_575
@@ -55,12 +55,16 @@ def bench_train(model: str = "sphereface20", batch_size: int = 32, steps: int = 
         if manifest is None:
             from maskgen.datasets.samples import build_sample_manifest
 
-            manifest = build_sample_manifest(Path(tmp) / "manifest.parquet")
+            fixed = FIXED.get(model, {})
+            manifest = build_sample_manifest(Path(tmp) / "manifest.parquet", height=fixed.get("height", 112),
+                                             width=fixed.get("width", 96))
         return _run(model, batch_size, steps, rounds, Path(manifest), workers, device, compile, console)
 
 
 def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_name, compile, console):
-    config = TrainConfig(model=model_name, batch_size=batch_size, device=device_name, compile=compile)
+    init = model_name if model_name in INITS else "random"  # dlib-resnet: a fine-tuning step from dlib's weights
+    config = TrainConfig(model=model_name, init=init, batch_size=batch_size, device=device_name, compile=compile,
+                         **FIXED.get(model_name, {}))
     device = pick_device(config.device)
     on_cuda = device.type == "cuda"
     if workers is None:
@@ -75,7 +79,8 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_n
     head = get_head("asoftmax", config.embedding_size, max(CASIA_CLASSES, manifest.num_classes), config)
     channels_last = on_cuda and config.channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    recogniser = Recogniser(get_model(model_name), head).to(device, memory_format=fmt)
+    backbone = get_model(config.model, config.embedding_size, config.input_size(), config.init)
+    recogniser = Recogniser(backbone, head).to(device, memory_format=fmt)
     optimizer, scheduler = build_optimizer(recogniser, config)
     model = torch.compile(recogniser) if compile else recogniser
     autocast = autocast_for(device, config.bf16)
@@ -122,7 +127,7 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_n
     cpu = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     result = {
         "device": torch.cuda.get_device_name(device) if on_cuda else cpu,
-        "model": model_name, "batch_size": batch_size, "num_workers": workers,
+        "model": model_name, "init": init, "batch_size": batch_size, "num_workers": workers,
         "bf16": on_cuda and config.bf16, "channels_last": channels_last, "compile": compile,
         "img_per_s": {name: images / s for name, s in seconds.items()},
     }
@@ -135,7 +140,7 @@ def _run(model_name, batch_size, steps, rounds, manifest_path, workers, device_n
 def print_result(result: dict, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result['model']} training, batch {result['batch_size']}, {result['device']}")
+    table = Table(title=f"{result['model']} training (init {result['init']}), batch {result['batch_size']}, {result['device']}")
     table.add_column("input")
     table.add_column("images/s", justify="right")
     table.add_column("ms/step", justify="right")
@@ -158,14 +163,16 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog=prog("train"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sphereface20", help="network: sphereface4/10/20/36/64 (default: %(default)s)")
+    parser.add_argument("--model", default="sphereface20",
+                        help="network: sphereface4/10/20/36/64, or dlib-resnet (a fine-tuning step from dlib's weights, "
+                        "150x150) (default: %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per step (default: %(default)s)")
     parser.add_argument("--steps", type=at_least(1), default=2, help="timed steps per input mode per round (default: %(default)s)")
     parser.add_argument("--rounds", type=at_least(1), default=3,
                         help="rounds of (in-memory, loader), interleaved against noise (default: %(default)s)")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="training manifest to load from (default: the built-in sample faces + generated masks, "
-                        "written as 96x112 JPEGs to a temporary folder)")
+                        "written as 96x112 JPEGs, 150x150 for dlib-resnet, to a temporary folder)")
     parser.add_argument("--workers", type=at_least(0), default=None,
                         help="loader processes (0: decode in the training loop; default: 1 on the CPU, "
                         "min(14, CPUs - 2) with CUDA)")

@@ -41,7 +41,8 @@ def train(
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bar or log lines (log.jsonl is still written).")] = False,
 ) -> None:
-    """Train a SphereFace recogniser on a training manifest (`maskgen trainset`).
+    """Train a recogniser on a training manifest (`maskgen trainset`): SphereFace from scratch, or
+    dlib's ResNet fine-tuned from its released weights (configs/dlib_resnet_finetune.toml).
 
     Writes OUT_DIR/checkpoint.pt (every state, for --resume), log.jsonl and config.json.
     Several GPUs: torchrun --standalone --nproc-per-node N -m maskgen.cli train --config ..."""
@@ -78,7 +79,8 @@ def export(
 ) -> None:
     """Export the embedding network for inference (torch.export .pt2).
 
-    Load with torch.export.load(path).module(). Input: RGB float 0..255, N x 3 x 112 x 96; output: N x 512."""
+    Load with torch.export.load(path).module(). Input: RGB float 0..255, N x 3 x H x W at the checkpoint's
+    size (SphereFace 112x96, dlib-resnet 150x150); output: N x embedding_size (512; dlib-resnet 128)."""
     require_torch()
     from maskgen.recognition.checkpoints import CheckpointError
     from maskgen.recognition.export import export_embedder

@@ -3,8 +3,9 @@
 - `dlib-resnet`: dlib's pretrained 128-d ResNet (face_recognition_models), on its exact PyTorch
   port (maskgen.recognition.dlib_resnet: batched, CPU or GPU) where torch is installed, else
   run by dlib itself (DlibResNetReference; the same numbers, ~15x slower, CPU only).
-- a SphereFace checkpoint from `maskgen train`: maskgen.recognition.embeddings (torch),
-  imported only when one is asked for.
+- a checkpoint from `maskgen train` (SphereFace, or dlib-resnet fine-tuned): its saved config
+  names the backbone and input size, maskgen.recognition.embeddings (torch) runs it, imported
+  only when one is asked for.
 """
 
 from __future__ import annotations
@@ -185,18 +186,19 @@ def dlib_resnet_embedder(device: str = "auto", batch_size: int = 64) -> DlibResN
     return DlibResNetReference(batch_size)
 
 
-class SphereFaceCheckpoint(Embedder):
+class TrainedCheckpoint(Embedder):
     """A checkpoint.pt from `maskgen train`: the model name and input size come from the
-    config saved in it; images are prepared as the trainer prepares them."""
+    config saved in it; images are prepared as the trainer prepares them (a fine-tuned
+    dlib-resnet takes the 150x150 chips as they are, not re-chipped by dlib)."""
 
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64):
         try:
             from maskgen.recognition.checkpoints import CheckpointError, DeviceError
-            from maskgen.recognition.embeddings import SphereFaceFeatures
+            from maskgen.recognition.embeddings import CheckpointFeatures
         except ImportError:
             raise EmbedderError(NEEDS_TORCH) from None
         try:
-            self.inner = SphereFaceFeatures(checkpoint, device, batch_size)
+            self.inner = CheckpointFeatures(checkpoint, device, batch_size)
         except (CheckpointError, DeviceError) as exc:
             raise EmbedderError(str(exc)) from None
         self.name = self.inner.config["model"]
@@ -218,4 +220,4 @@ def get_embedder(model: str, device: str = "auto", batch_size: int = 64) -> Embe
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise EmbedderError(f"--model {model}: no such checkpoint file (give a checkpoint.pt from `maskgen train`, or {DLIB_RESNET})")
-    return SphereFaceCheckpoint(path, device, batch_size)
+    return TrainedCheckpoint(path, device, batch_size)

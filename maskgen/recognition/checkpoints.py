@@ -14,7 +14,7 @@ from torch import nn
 
 from maskgen.errors import one_line
 from maskgen.files import open_atomic
-from maskgen.recognition.nets import UNITS, get_model
+from maskgen.recognition.nets import MODELS, get_model
 
 
 class DeviceError(ValueError):
@@ -25,7 +25,7 @@ CONFIG_KEYS = ("model", "embedding_size", "height", "width")
 
 
 class CheckpointError(ValueError):
-    """A file that is not a usable SphereFace checkpoint; the message says why, in one line."""
+    """A file that is not a usable training checkpoint; the message says why, in one line."""
 
 
 def _checked_config(checkpoint: object, path: Path) -> dict:
@@ -35,9 +35,9 @@ def _checked_config(checkpoint: object, path: Path) -> dict:
     missing = [key for key in CONFIG_KEYS if key not in config]
     if missing:
         raise CheckpointError(f"{path}: the saved config lacks {', '.join(missing)}")
-    if config["model"] not in UNITS:
-        raise CheckpointError(f"{path}: model {config['model']!r} is not a SphereFace net this version can build "
-                              f"({', '.join(UNITS)})")
+    if config["model"] not in MODELS:
+        raise CheckpointError(f"{path}: model {config['model']!r} is not a SphereFace net or dlib-resnet, the nets this "
+                              f"version can build ({', '.join(MODELS)})")
     return config
 
 
@@ -65,7 +65,8 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def backbone_from(checkpoint: dict, path: str | Path) -> nn.Module:
-    """The backbone a loaded checkpoint describes, its weights checked and loaded, in eval mode."""
+    """The backbone a loaded checkpoint describes, its weights checked and loaded, in eval mode
+    (a fine-tuned dlib-resnet too: its weights come from the checkpoint, not dlib's file)."""
     path = Path(path)
     config = _checked_config(checkpoint, path)
     net = get_model(config["model"], config["embedding_size"], (config["height"], config["width"]))

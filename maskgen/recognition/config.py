@@ -10,7 +10,7 @@ from pathlib import Path
 import tomllib
 
 from maskgen.recognition.heads import HEADS
-from maskgen.recognition.nets import UNITS
+from maskgen.recognition.nets import FIXED, INITS, MODELS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -30,7 +30,8 @@ class TrainConfig:
     mirror: bool = True  # random horizontal flip
     num_workers: int = 8  # decoding processes per training process (0 = decode in the training loop)
     # model and head
-    model: str = "sphereface20"  # sphereface4/10/20/36/64
+    model: str = "sphereface20"  # sphereface4/10/20/36/64 | dlib-resnet (150x150, 128-d)
+    init: str = "random"  # random | dlib-resnet (dlib's released weights; model dlib-resnet only)
     embedding_size: int = 512
     head: str = "asoftmax"  # asoftmax | cosface | arcface
     m: int = 4  # A-Softmax angular margin (integer)
@@ -103,9 +104,21 @@ def build_config(values: dict) -> TrainConfig:
     return config
 
 
+def _fixed_settings(config: TrainConfig) -> tuple[bool, str]:
+    fixed = FIXED.get(config.model, {})
+    wrong = {key: getattr(config, key) for key, value in fixed.items() if getattr(config, key) != value}
+    need = ", ".join(f"{key} = {value}" for key, value in fixed.items())
+    got = ", ".join(f"{key} = {value}" for key, value in wrong.items())
+    return not wrong, f"model {config.model} is fixed at {need}; the config has {got}"
+
+
 def validate(config: TrainConfig) -> None:
     checks = [
-        (config.model in UNITS, f"model: choose from {', '.join(UNITS)}"),
+        (config.model in MODELS, f"model: choose from {', '.join(MODELS)}"),
+        (config.init in INITS, f"init: choose from {', '.join(INITS)}"),
+        (config.init == "random" or config.init == config.model,
+         f"init {config.init}: those weights fit model {config.init} only, not {config.model}"),
+        _fixed_settings(config),
         (config.head in HEADS, f"head: choose from {', '.join(HEADS)}"),
         (config.batch_size >= 1 and config.max_steps >= 0, "batch_size must be >= 1 and max_steps >= 0"),
         (config.width >= 16 and config.height >= 16, "width and height must be >= 16"),

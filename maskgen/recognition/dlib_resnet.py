@@ -12,7 +12,8 @@ the two branches differ in size (channels in every down block, rows and columns 
 two) dlib's add_prev zero-pads the smaller one at the end (bottom, right, last channels) to the
 larger: it never crops. "affine" is batch-norm with its statistics folded in, a per-channel
 scale and shift, kept so here: learnable, with no batch statistics to re-estimate from small
-fine-tuning batches (dlib itself swaps bn_con for affine after training). 5,614,592 parameters.
+fine-tuning batches (dlib itself swaps bn_con for affine after training; see Affine for why
+and a measurement). 5,614,592 parameters.
 For fine-tuning call `balance_()` first: the same function bit for bit, with filters and
 scales rescaled by powers of two to sizes a plain SGD step suits.
 
@@ -26,14 +27,14 @@ little-endian float32. The parser follows the architecture above layer by layer 
 DlibModelError (one line: the file, the byte offset and what was expected) at the first field
 that does not fit.
 
-`dlib_resnet()` builds the module from the file model_path("resnet") names, through a cache of
-its state_dict keyed by the file's sha256 ($MASKGEN_CACHE, else $XDG_CACHE_HOME/maskgen, else
-~/.cache/maskgen; none when it cannot be written).
+`dlib_resnet()` builds the module from the file model_path("resnet") names. It parses the .dat
+every time: ~30 ms warm, ~50 ms in a fresh process (22 MB, mostly raw float32 arrays). A
+state_dict cache keyed by the file's sha256 measured slower (~60 ms warm and cold: hashing the
+file alone takes 13 ms, then torch.load of 22 MB), so there is none.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import types
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgen.files import cache_dir
+from maskgen.recognition.nets import PIXEL_MEAN, PIXEL_SCALE
 
 CHIP = 150  # input_rgb_image_sized<150>
 EMBEDDING_SIZE = 128
@@ -55,7 +56,6 @@ STEM = 32
 BLOCKS = ((32, False),) * 3 + ((64, True),) + ((64, False),) * 3 + ((128, True),) + ((128, False),) * 2 \
     + ((256, True),) + ((256, False),) * 2 + ((256, True),)
 PARAMETERS = 5_614_592
-CACHE_FORMAT = 2  # bump when the module's state_dict layout changes
 INPUTS = ("pixels", "centred")
 
 
@@ -67,7 +67,18 @@ class DlibModelError(ValueError):
 
 
 class Affine(nn.Module):
-    """dlib's affine_ in CONV_MODE: y = weight[c] * x + bias[c] (batch-norm, statistics folded in)."""
+    """dlib's affine_ in CONV_MODE: y = weight[c] * x + bias[c] (batch-norm, statistics folded in).
+
+    Fine-tuned as it is, a learnable scale and shift, not turned back into batch-norm: the file
+    holds no running statistics, and batch-norm in training mode would normalise by each
+    batch's own, so the pretrained function changes before the first step and then follows
+    the batch (32 faces of a few people, half masked: noisy, biased statistics; measured on the
+    sample chips, batch-norm set to equal the affine on one batch of 32 moves the descriptors of
+    other batches by 0.11 on average, 0.20 in batches of 8, against dlib's same-person
+    threshold of 0.6, before any step). As scale and shift, training and eval mode compute
+    the same function, resume needs no running buffers, DDP no SyncBatchNorm, and any batch
+    size works. The price: nothing renormalises the activations as the filters move, which a
+    low learning rate over a short run does not need."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -112,9 +123,10 @@ class DlibResNet(nn.Module):
     descriptor: not normalised; dlib calls two faces the same person below distance 0.6).
 
     `inputs="pixels"` (the default): float pixels 0..255, normalised here as dlib does,
-    (x - mean) / 256. `inputs="centred"`: the trainer's (x - 127.5) / 128, turned back into
-    pixels first (exactly: both steps are exact in float32), so the module drops into
-    maskgen's trainer, evaluator and exporter beside the SphereFace nets.
+    (x - mean) / 256. `inputs="centred"`: the input of every get_model backbone,
+    nets.centre(pixels) = (x - 127.5) / 128, turned back into pixels first (exactly: both steps
+    are exact in float32 on integer pixels), so the module drops into maskgen's trainer,
+    evaluator and exporter beside the SphereFace nets.
     `features(x)`: the 256-d pooled trunk output, before the fc layer."""
 
     def __init__(self, embedding_size: int = EMBEDDING_SIZE, inputs: str = "pixels"):
@@ -134,7 +146,7 @@ class DlibResNet(nn.Module):
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.inputs == "centred":
-            x = x * 128.0 + 127.5
+            x = x * PIXEL_SCALE + PIXEL_MEAN
         return (x - self.mean[:, None, None]) / 256.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -449,18 +461,11 @@ def parse_dat(data: bytes, path: str | Path = "<bytes>") -> dict[str, torch.Tens
     return {key: torch.from_numpy(np.array(value, np.float32, order="C")) for key, value in state.items()}
 
 
-# ---------------------------------------------------------------------------------------- loading and the cache
+# ---------------------------------------------------------------------------------------- loading
 
 
-def _fits(state: object) -> bool:
-    with torch.device("meta"):
-        expected = DlibResNet().state_dict()
-    return isinstance(state, dict) and state.keys() == expected.keys() and all(
-        isinstance(state[k], torch.Tensor) and state[k].shape == v.shape for k, v in expected.items())
-
-
-def load_state_dict(path: str | Path | None = None, cache: bool = True) -> dict[str, torch.Tensor]:
-    """The state_dict of the .dat at `path` (default: model_path("resnet")), through the cache.
+def load_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict of the .dat at `path` (default: model_path("resnet")).
     ModelNotFound when the file is missing, DlibModelError when it is not the expected net."""
     from maskgen.faces.models import model_path
 
@@ -469,34 +474,16 @@ def load_state_dict(path: str | Path | None = None, cache: bool = True) -> dict[
         data = path.read_bytes()
     except OSError as exc:
         raise DlibModelError(f"cannot read {path}: {exc.strerror or exc}") from None
-    cached = cache_dir() / f"dlib-resnet-{hashlib.sha256(data).hexdigest()}-v{CACHE_FORMAT}.pt" if cache else None
-    if cached is not None and cached.is_file():
-        try:
-            state = torch.load(cached, map_location="cpu", weights_only=True)
-            if _fits(state):
-                return state
-        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt from the .dat
-            pass
-    state = parse_dat(data, path)
-    if cached is not None:
-        try:
-            from maskgen.files import open_atomic
-
-            with open_atomic(cached) as file:
-                torch.save(state, file)
-        except OSError:  # not writable: no cache
-            pass
-    return state
+    return parse_dat(data, path)
 
 
-def dlib_resnet(pretrained: bool = True, *, path: str | Path | None = None, inputs: str = "pixels",
-                cache: bool = True) -> DlibResNet:
+def dlib_resnet(pretrained: bool = True, *, path: str | Path | None = None, inputs: str = "pixels") -> DlibResNet:
     """dlib's face-recognition ResNet (N x 3 x 150 x 150 RGB 0..255 -> N x 128), in eval mode.
     pretrained: with the weights of dlib_face_recognition_resnet_model_v1.dat (or `path`);
     else PyTorch's default initialisation (affine layers: scale 1, shift 0)."""
     if not pretrained:
         return DlibResNet(inputs=inputs).eval()
-    state = load_state_dict(path, cache)
+    state = load_state_dict(path)
     with torch.device("meta"):  # no random initialisation to throw away
         net = DlibResNet(inputs=inputs)
     net.load_state_dict(state, assign=True)

@@ -1,10 +1,12 @@
-"""Embeddings of image files with a trained SphereFace checkpoint, for verification.
+"""Embeddings of image files with a checkpoint of `maskgen train` (any backbone: SphereFace, or
+a fine-tuned dlib-resnet), for verification.
 
 Each image is prepared exactly as the trainer feeds it (recognition.data): decoded, fitted
-to the checkpoint's input size with `fit_to` (identity for 96x112 SphereFace crops; the
-150x150 sample chips are centre-cropped and resized), BGR -> RGB, (x - 127.5) / 128. The
-feature of an image is concat(f(x), f(flip x)) (the LFW protocol of SphereFace), so a
-512-d network gives 1024-d features. `maskgen.evaluation` imports this module lazily.
+to the checkpoint's input size with `fit_to` (identity for 96x112 SphereFace crops and for
+150x150 dlib chips into dlib-resnet; the sample chips are centre-cropped and resized for
+SphereFace), BGR -> RGB, nets.centre. The feature of an image is concat(f(x), f(flip x)) (the
+LFW protocol of SphereFace), so a 512-d network gives 1024-d features, dlib-resnet 256-d.
+`maskgen.evaluation` imports this module lazily.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import torch
 from maskgen.faces.layouts import fit_to
 from maskgen.images import ImageError, read_image
 from maskgen.recognition.checkpoints import load_backbone, pick_device
-from maskgen.recognition.nets import get_model
+from maskgen.recognition.nets import FIXED, PIXEL_MEAN, PIXEL_SCALE, centre, get_model
 
 
-class SphereFaceFeatures:
+class CheckpointFeatures:
     """A checkpoint's backbone as a feature extractor: image files -> concat(f(x), f(flip x))."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64):
@@ -34,8 +36,9 @@ class SphereFaceFeatures:
         self.dim = 2 * self.config["embedding_size"]
 
     def info(self) -> dict:
-        return {"model": self.config["model"], "embedding_size": self.config["embedding_size"],
-                "input": f"{self.width}x{self.height} RGB, (x - 127.5) / 128", "feature_dim": self.dim,
+        return {"model": self.config["model"], "init": self.config.get("init", "random"),
+                "embedding_size": self.config["embedding_size"],
+                "input": f"{self.width}x{self.height} RGB, (x - {PIXEL_MEAN}) / {PIXEL_SCALE}", "feature_dim": self.dim,
                 "device": str(self.device)}
 
     def _load(self, path: str) -> np.ndarray:
@@ -46,7 +49,7 @@ class SphereFaceFeatures:
     @torch.inference_mode()
     def features(self, rgb: np.ndarray) -> np.ndarray:
         """N x H x W x 3 uint8 RGB -> N x 2D float32: concat(f(x), f(flip x))."""
-        x = torch.from_numpy(rgb).to(self.device).permute(0, 3, 1, 2).float().sub_(127.5).div_(128.0)
+        x = centre(torch.from_numpy(rgb).to(self.device).permute(0, 3, 1, 2))
         both = self.net(torch.cat([x, x.flip(3)]))  # one pass over originals and mirrors
         original, mirrored = both[: len(x)], both[len(x):]
         return torch.cat([original, mirrored], dim=1).float().cpu().numpy()
@@ -78,7 +81,7 @@ def save_untrained_checkpoint(path: str | Path, model: str = "sphereface20", see
     from maskgen.recognition.config import TrainConfig
 
     torch.manual_seed(seed)
-    config = TrainConfig(model=model)
+    config = TrainConfig(model=model, **FIXED.get(model, {}))
     net = get_model(config.model, config.embedding_size, config.input_size())
     path = Path(path)
     save_checkpoint(path, format=1, model=net.state_dict(), config=config.to_dict(), step=0)

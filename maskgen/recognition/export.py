@@ -1,9 +1,11 @@
 """Export the embedding network of a checkpoint for inference, with torch.export (.pt2).
 
 torch.jit (TorchScript) is deprecated in current PyTorch; torch.export is its successor and
-needs no extra package. The exported program takes RGB float pixels in 0..255, N x 3 x 112 x 96
-(any batch size), and returns N x 512 embeddings (not L2-normalised); the (x - 127.5) / 128
-normalisation is inside. `maskgen.json` in the archive records model, input size and colour order.
+needs no extra package. The exported program takes RGB float pixels in 0..255, N x 3 x H x W at
+the checkpoint's input size (any batch size: 112x96 for SphereFace, 150x150 dlib chips for
+dlib-resnet), and returns N x embedding_size embeddings (512, or dlib-resnet's 128; not
+L2-normalised); the normalisation the backbone takes, nets.centre, is inside. `maskgen.json`
+in the archive records model, input size and colour order.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from maskgen.files import open_atomic
 from maskgen.recognition.checkpoints import backbone_from, load_checkpoint
+from maskgen.recognition.nets import PIXEL_MEAN, PIXEL_SCALE, centre
 
 META_NAME = "maskgen.json"
 
@@ -28,16 +31,13 @@ class PixelNet(nn.Module):
         self.backbone = backbone
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone((images.float() - 127.5) / 128.0)
-
-
-
+        return self.backbone(centre(images))
 
 
 def metadata(config: dict, step: int | None = None) -> dict:
     return {"model": config["model"], "embedding_size": config["embedding_size"],
             "input": {"height": config["height"], "width": config["width"], "channels": "RGB",
-                      "range": "0..255 float, normalised inside as (x - 127.5) / 128", "layout": "NCHW"},
+                      "range": f"0..255 float, normalised inside as (x - {PIXEL_MEAN}) / {PIXEL_SCALE}", "layout": "NCHW"},
             "head": config["head"], "step": step}
 
 

@@ -27,6 +27,14 @@ UNITS = {  # residual units per stage
 INPUT_SIZE = (112, 96)  # (height, width) of the SphereFace template
 DLIB_RESNET = "dlib-resnet"
 MODELS = (*UNITS, DLIB_RESNET)  # every name get_model builds
+INITS = ("random", DLIB_RESNET)  # a backbone's first weights: its own initialisation, or dlib's released ones
+FIXED = {DLIB_RESNET: {"width": 150, "height": 150, "embedding_size": 128}}  # settings a model allows no other value of
+PIXEL_MEAN, PIXEL_SCALE = 127.5, 128.0  # every get_model backbone takes centre(pixels)
+
+
+def centre(pixels: torch.Tensor) -> torch.Tensor:
+    """RGB pixels 0..255 -> the input of every get_model backbone: (x - 127.5) / 128."""
+    return (pixels.float() - PIXEL_MEAN) / PIXEL_SCALE
 
 
 def caffe_xavier_(weight: torch.Tensor) -> None:
@@ -73,18 +81,31 @@ class SphereFace(nn.Module):
         return self.fc5(torch.flatten(self.stages(x), 1))
 
 
-def get_model(name: str, embedding_size: int = 512, input_size: tuple[int, int] = INPUT_SIZE) -> nn.Module:
-    """A freshly initialised backbone. `dlib-resnet` takes the trainer's (x - 127.5) / 128
-    input like the SphereFace nets (it turns it back into dlib's normalisation exactly), needs
-    150x150 dlib chips, and gets dlib's pretrained weights from
-    maskgen.recognition.dlib_resnet.load_state_dict() (its fc only when embedding_size is 128)."""
+def get_model(name: str, embedding_size: int = 512, input_size: tuple[int, int] = INPUT_SIZE,
+              init: str = "random") -> nn.Module:
+    """A backbone; every one takes centre(pixels). `dlib-resnet` (150x150 dlib chips; it turns
+    the centred input back into dlib's normalisation exactly) starts from dlib's released
+    weights with init="dlib-resnet" (from model_path("resnet"): ModelNotFound or DlibModelError
+    when that file is missing or not the net), else from PyTorch's default initialisation."""
     key = name.lower().replace("-", "").replace("_", "")
     if key == DLIB_RESNET.replace("-", ""):
-        from maskgen.recognition.dlib_resnet import CHIP, DlibResNet
-
-        if tuple(input_size) != (CHIP, CHIP):
-            raise ValueError(f"model {DLIB_RESNET} takes {CHIP}x{CHIP} dlib face chips, not {input_size[1]}x{input_size[0]}")
-        return DlibResNet(embedding_size, inputs="centred")
+        return dlib_backbone(embedding_size, input_size, pretrained=init == DLIB_RESNET)
     if key not in UNITS:
         raise ValueError(f"unknown model {name!r} (choose from {', '.join(MODELS)})")
+    if init != "random":
+        raise ValueError(f"init {init!r}: {name} starts from its own random initialisation only")
     return SphereFace(UNITS[key], embedding_size, input_size)
+
+
+def dlib_backbone(embedding_size: int, input_size: tuple[int, int], pretrained: bool) -> nn.Module:
+    from maskgen.recognition.dlib_resnet import CHIP, DlibResNet, load_state_dict
+
+    if tuple(input_size) != (CHIP, CHIP):
+        raise ValueError(f"model {DLIB_RESNET} takes {CHIP}x{CHIP} dlib face chips, not {input_size[1]}x{input_size[0]}")
+    net = DlibResNet(embedding_size, inputs="centred")
+    if pretrained:
+        net.load_state_dict(load_state_dict())
+        # The same function, rescaled so that an SGD step suits every layer: dlib's own
+        # parametrisation makes SGD diverge at any useful learning rate (tests/test_dlib_resnet.py).
+        net.balance_()
+    return net

@@ -1,4 +1,5 @@
-"""The trainer: SGD on a SphereFace backbone + margin head, resumable exactly.
+"""The trainer: SGD on a backbone (SphereFace, or dlib's ResNet from its released weights) +
+margin head, resumable exactly.
 
 One process per GPU under torchrun (DDP; RANK / WORLD_SIZE / LOCAL_RANK from the
 environment), or one plain process on a GPU or the CPU:
@@ -27,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskgen.faces.models import ModelNotFound
 from maskgen.recognition.checkpoints import load_checkpoint, pick_device, save_checkpoint
 from maskgen.recognition.config import TrainConfig
 from maskgen.recognition.data import EpochSampler, ManifestDataset, make_loader, read_manifest
+from maskgen.recognition.dlib_resnet import DlibModelError
 from maskgen.recognition.heads import get_head
-from maskgen.recognition.nets import get_model
+from maskgen.recognition.nets import PIXEL_MEAN, PIXEL_SCALE, get_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
@@ -104,12 +107,12 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 def prepare_batch(images: torch.Tensor, config: TrainConfig, step: int, rank: int, device: torch.device,
                   channels_last: bool) -> torch.Tensor:
-    """uint8 RGB N x 3 x H x W -> on the device, mirrored at random, (x - 127.5) / 128."""
+    """uint8 RGB N x 3 x H x W -> on the device, mirrored at random, nets.centre'd: (x - 127.5) / 128."""
     images = images.to(device, non_blocking=True)
     if config.mirror and len(images):
         flip = torch.rand(len(images), generator=step_generator(config.seed, step, rank)) < 0.5
         images = torch.where(flip.to(device)[:, None, None, None], images.flip(3), images)
-    x = images.float().sub_(127.5).div_(128.0)
+    x = images.float().sub_(PIXEL_MEAN).div_(PIXEL_SCALE)  # nets.centre, in place
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -262,7 +265,7 @@ def open_manifest(config: TrainConfig, dist: Dist, console):
 
         if console:
             console.print(f"building {path} from the built-in sample faces (with generated masks)")
-        build_sample_manifest(path)
+        build_sample_manifest(path, height=config.height, width=config.width)
     if dist.world_size > 1:
         torch.distributed.barrier()
     return read_manifest(path, config.image_root)
@@ -286,8 +289,8 @@ class Trainer:
             raise TrainError(f"batch_size {config.batch_size} does not split over {self.dist.world_size} processes")
         configure_torch(config, self.on_cuda)
         self._build_data()
-        self._build_model()
         self.resumed = resume and self.ckpt_path.exists()
+        self._build_model(init="random" if self.resumed else config.init)  # resuming: the weights are the checkpoint's
         if self.resumed:
             self._restore(load_checkpoint(self.ckpt_path))
         elif resume and self.console:
@@ -302,10 +305,13 @@ class Trainer:
                                     dist.rank, dist.world_size)
         self.loader = make_loader(self.dataset, self.sampler, config.num_workers, pin_memory=self.on_cuda)
 
-    def _build_model(self) -> None:
+    def _build_model(self, init: str) -> None:
         config = self.config
         seed_everything(config.seed)
-        self.backbone = get_model(config.model, config.embedding_size, config.input_size())
+        try:
+            self.backbone = get_model(config.model, config.embedding_size, config.input_size(), init)
+        except (ModelNotFound, DlibModelError) as exc:
+            raise TrainError(f"init {init}: {exc}") from None
         self.head = get_head(config.head, config.embedding_size, self.manifest.num_classes, config)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.recogniser = Recogniser(self.backbone, self.head).to(self.device, memory_format=fmt)
@@ -339,7 +345,7 @@ class Trainer:
     def _announce(self) -> None:
         config, manifest = self.config, self.manifest
         self.console.print(
-            f"{config.model} + {config.head} on {self.device} x{self.dist.world_size}: {len(self.dataset)} images "
+            f"{config.model} (init {config.init}) + {config.head} on {self.device} x{self.dist.world_size}: {len(self.dataset)} images "
             f"({manifest.masked} masked), {manifest.num_classes} classes, {self.sampler.batches_per_epoch} "
             f"batches/epoch, {'resuming at' if self.resumed else 'starting at'} step {self.position.step} "
             f"of {config.max_steps}", highlight=False)
