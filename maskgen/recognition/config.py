@@ -29,6 +29,17 @@ class TrainConfig:
     height: int = 112  # network input height
     mirror: bool = True  # random horizontal flip
     num_workers: int = 8  # decoding processes per training process (0 = decode in the training loop)
+    val_fraction: float = 0.0  # source photos held out of training (with their masked variants) to log validation accuracy
+    max_unreadable: float = 0.02  # stop when more than this share of the images cannot be read (a whole batch always stops)
+    # online mask augmentation: originals masked as they are loaded (maskgen.OnlineMasks)
+    online_masks: float = 0.0  # share of the images with landmarks that get a mask each time they are loaded (0 = off)
+    landmarks: str = ""  # a `maskgen landmarks` run over the training images (their 68 points; needed for online masks)
+    mask_type: str = "random"  # the online masks' options, as `maskgen generate`'s --type/--color/--pattern/--wear
+    mask_color: str = "random"
+    mask_pattern: str = "random"
+    mask_wear: str = "proper"
+    mask_seed: int = 1  # the online masks' seed: keep it apart from the test pairs' masks
+    paired_masks: bool = False  # each face of a batch also comes with its masked twin (batches of up to 2x batch_size)
     # model and head
     model: str = "sphereface20"  # sphereface4/10/20/36/64 | dlib-resnet (150x150, 128-d)
     init: str = "random"  # random | dlib-resnet (dlib's released weights; model dlib-resnet only)
@@ -47,9 +58,10 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on weights; biases get none (and 2x LR), as Caffe's decay_mult 0 / lr_mult 2
-    lr_steps: list[int] = field(default_factory=lambda: [16000, 24000])  # LR x lr_decay at these steps
+    lr_steps: list[int] = field(default_factory=lambda: [16000, 24000])  # LR x lr_decay at these steps (epochs when `epochs` is set)
     lr_decay: float = 0.1
     max_steps: int = 28000
+    epochs: int = 0  # > 0: train this many epochs (max_steps = epochs x batches per epoch; lr_steps count epochs)
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast on CUDA (CPU always trains in fp32)
@@ -125,10 +137,28 @@ def validate(config: TrainConfig) -> None:
         (config.m >= 1, "m must be >= 1"),
         (config.log_every >= 1 and config.save_every >= 1, "log_every and save_every must be >= 1"),
         (config.num_workers >= 0, "num_workers must be >= 0"),
+        (0 <= config.val_fraction < 1 and 0 <= config.max_unreadable < 1, "val_fraction and max_unreadable must be in [0, 1)"),
+        (0 <= config.online_masks <= 1, "online_masks must be between 0 and 1"),
+        (not (config.online_masks or config.paired_masks) or config.landmarks,
+         "online_masks and paired_masks need `landmarks`: a `maskgen landmarks` run over the training images"),
+        (config.epochs >= 0, "epochs must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if config.online_masks or config.paired_masks:
+        online_masks(config)  # a bad mask option is an error now, not in a loader worker
+
+
+def online_masks(config: TrainConfig):
+    """The config's online mask augmentation (maskgen.masks.online.OnlineMasks)."""
+    from maskgen.masks.online import OnlineMasks
+
+    try:
+        return OnlineMasks.parse(config.online_masks, config.mask_seed, type=config.mask_type, color=config.mask_color,
+                                 pattern=config.mask_pattern, wear=config.mask_wear)
+    except ValueError as exc:
+        raise ConfigError(f"online masks: {exc}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -20,7 +20,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,16 @@ from torch import nn
 
 from maskgen.faces.models import ModelNotFound
 from maskgen.recognition.checkpoints import load_checkpoint, pick_device, save_checkpoint
-from maskgen.recognition.config import TrainConfig
-from maskgen.recognition.data import EpochSampler, ManifestDataset, make_loader, read_manifest
+from maskgen.recognition.config import TrainConfig, online_masks
+from maskgen.recognition.data import (
+    EpochSampler,
+    ManifestDataset,
+    landmarks_for,
+    make_loader,
+    read_manifest,
+    split_validation,
+    unreadable_share,
+)
 from maskgen.recognition.dlib_resnet import DlibModelError
 from maskgen.recognition.heads import get_head
 from maskgen.recognition.nets import PIXEL_MEAN, PIXEL_SCALE, get_model
@@ -190,7 +198,8 @@ class RunLog:
         if self.console:
             self.console.print(
                 f"step {record['step']:>6}  loss {record['loss']:.4f}  acc {record['acc']:.3f}  "
-                f"lambda {record['lambda']:.2f}  lr {record['lr']:.4g}  {record['img_per_s']:.1f} img/s",
+                f"lambda {record['lambda']:.2f}  lr {record['lr']:.4g}  {record['img_per_s']:.1f} img/s"
+                + (f"  val acc {record['val_acc']:.3f}" if record.get("val_acc") is not None else ""),
                 highlight=False)
 
     def close(self) -> None:
@@ -299,11 +308,31 @@ class Trainer:
 
     def _build_data(self) -> None:
         config, dist = self.config, self.dist
-        self.manifest = open_manifest(config, dist, self.console)
-        self.dataset = ManifestDataset(self.manifest, config.height, config.width)
+        manifest = open_manifest(config, dist, self.console)
+        share, missing = unreadable_share(manifest)
+        if share > config.max_unreadable:
+            raise TrainError(f"{share:.1%} of the {len(manifest.paths)} images of {config.manifest} do not exist "
+                             f"(e.g. {missing[0]}); max_unreadable is {config.max_unreadable:.1%}")
+        self.manifest, val = split_validation(manifest, config.val_fraction, config.seed)
+        self.dataset = ManifestDataset(self.manifest, config.height, config.width, *self._online_masks())
+        self.val = None if val is None else ManifestDataset(val, config.height, config.width)
         self.sampler = EpochSampler(len(self.dataset), config.batch_size // dist.world_size, config.seed,
                                     dist.rank, dist.world_size)
         self.loader = make_loader(self.dataset, self.sampler, config.num_workers, pin_memory=self.on_cuda)
+        if config.epochs:  # in steps from here on (the checkpoint keeps the steps)
+            per_epoch = self.sampler.batches_per_epoch
+            self.config = replace(config, max_steps=config.epochs * per_epoch, lr_steps=[e * per_epoch for e in config.lr_steps])
+
+    def _online_masks(self) -> tuple:
+        """(OnlineMasks, per-row landmarks, paired) for the dataset, or nothing."""
+        config = self.config
+        if not (config.online_masks or config.paired_masks):
+            return ()
+        points = landmarks_for(self.manifest, config.landmarks)
+        if not any(p is not None for p in points):
+            raise TrainError(f"no image of {config.manifest} has landmarks in {config.landmarks}: "
+                             "run `maskgen landmarks` over the folder of the training images")
+        return online_masks(config), points, config.paired_masks
 
     def _build_model(self, init: str) -> None:
         config = self.config
@@ -316,7 +345,7 @@ class Trainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.recogniser = Recogniser(self.backbone, self.head).to(self.device, memory_format=fmt)
         self.optimizer, self.scheduler = build_optimizer(self.recogniser, config)
-        self.position, self.skipped = Position(), 0
+        self.position, self.skipped, self.loaded = Position(), 0, 0
 
     def _restore(self, checkpoint: dict) -> None:
         _check_resumable(checkpoint, self.config, self.manifest.num_classes)
@@ -350,11 +379,34 @@ class Trainer:
             f"batches/epoch, {'resuming at' if self.resumed else 'starting at'} step {self.position.step} "
             f"of {config.max_steps}", highlight=False)
 
-    def _note_skipped(self, bad: list) -> None:
+    def _note_skipped(self, bad: list, loaded: int) -> None:
+        """Count and show unreadable images; stop on a batch of nothing, or on too many."""
         for path, reason in bad:
             if self.console and self.skipped < MAX_SKIP_WARNINGS:
                 self.console.print(f"[yellow]warning:[/yellow] skipped unreadable image {path}: {reason}", highlight=False)
             self.skipped += 1
+        self.loaded += loaded + len(bad)
+        if bad and not loaded:
+            raise TrainError(f"no image of a whole batch could be read (e.g. {bad[0][0]}: {bad[0][1]})")
+        if self.loaded >= 10 * self.config.batch_size and self.skipped > self.config.max_unreadable * self.loaded:
+            raise TrainError(f"{self.skipped} of {self.loaded} images could not be read (e.g. {bad[0][0] if bad else '?'}); "
+                             f"max_unreadable is {self.config.max_unreadable:.1%}")
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Top-1 accuracy of the head's plain cosines on the held-out photos of the training identities."""
+        if self.val is None:
+            return None
+        self.recogniser.eval()
+        correct = seen = 0
+        for start in range(0, len(self.val), self.config.batch_size):
+            images, labels, _ = self.val.batch(list(range(start, min(start + self.config.batch_size, len(self.val)))))
+            x = prepare_batch(images, replace(self.config, mirror=False), 0, 0, self.device, self.channels_last)
+            labels = labels.to(self.device)
+            _, cos = self.recogniser(x, labels)
+            correct, seen = correct + int((cos.argmax(1) == labels).sum()), seen + len(labels)
+        self.recogniser.train()
+        return correct / max(seen, 1)
 
     def _record(self, meter: Meter) -> dict:
         return {"step": self.position.step, "epoch": self.position.epoch, **meter.take(self.dist.world_size),
@@ -380,7 +432,7 @@ class Trainer:
         self.model.train()
         with progress or nullcontext():
             for images, labels, bad in self.batches() if position.step < config.max_steps else ():
-                self._note_skipped(bad)
+                self._note_skipped(bad, len(labels))
                 x = prepare_batch(images, config, position.step, self.dist.rank, self.device, self.channels_last)
                 labels = labels.to(self.device, non_blocking=True)
                 meter.add(*train_step(self.model, self.optimizer, self.scheduler, x, labels, autocast), labels)
@@ -390,6 +442,8 @@ class Trainer:
                     progress.update(task, completed=position.step)
                 if position.step % config.log_every == 0 or done:
                     last = self._record(meter)
+                    if self.val is not None and (position.step % config.save_every == 0 or done or position.step % (10 * config.log_every) == 0):
+                        last["val_acc"] = self.validate()
                     if log:
                         log.write(last)
                     if progress:
