@@ -131,3 +131,23 @@ def test_either_landmark_engine_gives_the_same_crops(tmp_path, points):
         assert len(rows) >= 3 and {r["status"] for r in rows} == {"ok"}
     assert len(crops["dlib"]) == len(crops["batched"])
     assert all(np.array_equal(a, b) for a, b in zip(crops["dlib"], crops["batched"]))
+
+
+def test_the_dlib_template_cuts_chips_like_dlib(tmp_path):
+    """--template dlib: 150x150 chips within a few pixels of dlib.get_face_chip's (padding 0.25)."""
+    import dlib
+
+    from maskgen.faces.models import model_path
+
+    five = dlib.shape_predictor(str(model_path("landmarks5")))
+    job, landmarker = AlignJob(AlignConfig(template="dlib", select="all")), Landmarker()
+    distances = []
+    for photo in ("obama.jpg", "bald_guys.jpg"):
+        rows, crops = align_one(job, WILD / photo, tmp_path / photo)
+        rgb = np.ascontiguousarray(cv2.imread(str(WILD / photo))[:, :, ::-1])
+        for row, crop in zip(rows, crops):
+            assert crop.shape == (150, 150, 3)
+            theirs = dlib.get_face_chip(rgb, five(rgb, dlib.rectangle(*row["box"])), size=150, padding=0.25)
+            a, b = landmarker.aligned(crop).points, landmarker.aligned(np.ascontiguousarray(theirs[:, :, ::-1])).points
+            distances.append(np.linalg.norm(a - b, axis=1).mean())
+    assert len(distances) >= 4 and np.median(distances) < 4.5, distances

@@ -23,7 +23,7 @@ LAYERS = [
     {"recognition"},
     {"evaluation"},
     {"video"},
-    {"api", "bench"},
+    {"api", "bench", "experiments"},
     {"cli"},
 ]
 LAYER_OF = {part: level for level, parts in enumerate(LAYERS) for part in parts}

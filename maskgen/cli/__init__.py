@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from maskgen.cli import bench, datasets, evaluation, masking, pipelines, recognition, sharded, templates, video
+from maskgen.cli import bench, datasets, evaluation, experiments, masking, pipelines, recognition, sharded, templates, video
 
 app = typer.Typer(
     help="Realistic synthetic face masks at dataset scale, and the data to train masked-face recognisers.",
@@ -32,6 +32,8 @@ COMMANDS = {  # --help lists them in this order: the order of the workflow
     "train": recognition.train,
     "evaluate": evaluation.evaluate,
     "export": recognition.export,
+    "orl": experiments.orl,
+    "report": experiments.report,
     "video": video.video,
     "bench": bench.bench,
     "bench-train": bench.bench_train,

@@ -31,6 +31,7 @@ else:  # pragma: no cover - Python 3.10
 
 # stage -> the keys that are the command's arguments, in order; stages run in this order
 POSITIONAL = {
+    "orl": ("output",),
     "align": ("input", "output"),
     "landmarks": ("input", "output"),
     "generate": ("input", "output"),
@@ -38,6 +39,7 @@ POSITIONAL = {
     "pairs": ("sources",),
     "train": (),
     "evaluate": (),
+    "report": ("experiment",),
 }
 
 

@@ -100,7 +100,7 @@ def run_generate_request(request, *, quiet: bool = False, as_json: bool = False,
 def align(
     raw_tree: Annotated[Path, typer.Argument(help="Raw photos: <root>/<identity>/<image>.", show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="Output: images/<identity>/<image> crops, manifest/, plan/, stats/.", show_default=False)],
-    template: Annotated[str, typer.Option("--template", help="sphereface (96x112, SphereFace/CosFace) or arcface (112x112, insightface).")] = "sphereface",
+    template: Annotated[str, typer.Option("--template", help="sphereface (96x112, SphereFace/CosFace), arcface (112x112, insightface) or dlib (150x150 chips, dlib-resnet).")] = "sphereface",
     size: Annotated[Optional[str], typer.Option("--size", help="Crop size WxH (e.g. 192x224); the template scales with it. Default: the template's own.")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Face detector: hog (fast) or cnn (dlib's mmod: finds more turned/small faces, ~10x slower on a CPU).")] = "hog",
     upsample: Annotated[Optional[int], typer.Option("--upsample", min=0, max=3, help="HOG upsampling (finds smaller faces, ~4x time each); default 1 up to 2000 px, else 0.")] = None,

@@ -1,5 +1,6 @@
 """Face alignment: 5 points (eye centres, nose tip, mouth corners) mapped by a similarity
-transform onto a recogniser's crop template (SphereFace 96x112, ArcFace 112x112)."""
+transform onto a recogniser's crop template (SphereFace 96x112, ArcFace 112x112, dlib's
+150x150 chips)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import cv2
 import numpy as np
 from skimage.transform import SimilarityTransform
 
-from maskgen.faces.layouts import ARCFACE_112x112, SPHEREFACE_96x112
+from maskgen.faces.layouts import ARCFACE_112x112, DLIB_150x150, SPHEREFACE_96x112
 
 # template name -> (5 points, 1-based as published, crop size (w, h) they were made for)
 TEMPLATES = {
     "sphereface": (SPHEREFACE_96x112, (96, 112)),
     "arcface": (ARCFACE_112x112, (112, 112)),
+    "dlib": (DLIB_150x150, (150, 150)),  # dlib's face chips, as its ResNet (dlib-resnet) takes them
 }
 
 

@@ -21,6 +21,9 @@ SPHEREFACE_96x112 = (
     (62.7299, 92.2041),
 )
 ARCFACE_112x112 = tuple((x + 8.0, y) for x, y in SPHEREFACE_96x112)
+# dlib's 150x150 face chips (dlib.get_face_chip, padding 0.25, what its ResNet takes): where the
+# 5 points fall on average (1-based) on the 55 sample chips, which dlib cut
+DLIB_150x150 = ((47.55, 47.18), (100.99, 47.93), (74.75, 76.91), (49.44, 103.16), (99.78, 103.2))
 
 LAYOUT_BOXES = {
     "dlib": (0.093, 0.093, 0.895, 0.897),  # dlib.get_face_chip (padding 0.25), any square size
