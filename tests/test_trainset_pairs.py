@@ -126,3 +126,23 @@ def test_manifests_written_from_another_folder_find_their_images(masked_run, tmp
 
     manifest = read_manifest(work / "sub" / "t.parquet")
     assert len(manifest.paths) and all(os.path.isfile(p) for p in manifest.paths)
+
+
+def test_trainset_from_an_align_run(tmp_path):
+    """An align run's crops are originals (its manifest has no variant column)."""
+    import shutil
+
+    from conftest import WILD
+    from pipeline_helpers import ensure_ray
+
+    ensure_ray()
+    raw = tmp_path / "raw"
+    for identity, photo in (("a", "obama.jpg"), ("b", "Tom_Cruise_avp_2014_4.jpg")):
+        (raw / identity).mkdir(parents=True)
+        shutil.copy(WILD / photo, raw / identity / photo)
+    assert invoke("align", raw, tmp_path / "aligned", "--quiet").exit_code == 0
+    result = invoke("trainset", tmp_path / "aligned", "-o", tmp_path / "t.parquet")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(rows) == 2 and set(rows.variant) == {"original"} and sorted(rows.identity) == ["a", "b"]
+    assert all((tmp_path / p).is_file() for p in rows.path)

@@ -16,7 +16,7 @@ an array of tables (`[[evaluate]]`) runs once per table. `maskgen run`'s own --a
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -53,10 +53,11 @@ class Stage:
     tables: list[dict]  # one per run of the command ([[stage]] gives several)
     command: object  # the stage's command (a click command of the maskgen app)
     source: Path
+    variables: dict = field(default_factory=dict)  # [pipeline.vars], then `run --var`: {name} in any value
 
     def argv(self, table: dict, run_flags: dict) -> list[str]:
         """The command line for one table; `run_flags` (maskgen run's own) fill in what it has."""
-        args = [_text(value) for key in POSITIONAL[self.name] for value in _listed(table[key])]
+        args = [self.text(value) for key in POSITIONAL[self.name] for value in _listed(table[key])]
         flags = {key: value for key, value in run_flags.items() if key in self.options()} | {
             key: value for key, value in table.items() if key not in POSITIONAL[self.name]}
         if table.get("resume"):
@@ -70,8 +71,15 @@ class Stage:
             if isinstance(value, bool):
                 args += [flag] if value else ([f"--no-{flag[2:]}"] if f"--no-{flag[2:]}" in self.options(negative=True) else [])
             else:
-                args += [item for item in _listed(value) for item in (flag, _text(item))]
+                args += [item for item in _listed(value) for item in (flag, self.text(item))]
         return args
+
+    def text(self, value) -> str:
+        """A value as the command line would give it, {assets} and the variables filled in."""
+        text = _text(value)
+        for name, replacement in self.variables.items():
+            text = text.replace("{" + name + "}", str(replacement))
+        return text
 
     def options(self, negative: bool = False) -> set[str]:
         """The command's option names as file keys (or, with negative, its --no- flags)."""
@@ -80,9 +88,10 @@ class Stage:
         return {name.lstrip("-").replace("-", "_") for p in self.command.params for name in p.opts + p.secondary_opts}
 
 
-def load_pipeline(path: Path, commands) -> list[Stage]:
+def load_pipeline(path: Path, commands, overrides: dict | None = None) -> list[Stage]:
     """The file's stages in pipeline order, each checked against its command (`commands`:
-    the maskgen app as a click group) before anything runs."""
+    the maskgen app as a click group) before anything runs; `overrides` replace the file's
+    [pipeline.vars]."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -93,8 +102,13 @@ def load_pipeline(path: Path, commands) -> list[Stage]:
     unknown = [name for name in data if name not in POSITIONAL and name != "pipeline"]
     if unknown:
         raise PipelineError(f"{path}: unknown section [{unknown[0]}] (stages: {', '.join(POSITIONAL)})")
+    variables = data.get("pipeline", {}).get("vars", {})
+    unknown = sorted(set(overrides or {}) - set(variables))
+    if unknown:
+        raise PipelineError(f"--var {unknown[0]}: the file has no such variable (its [pipeline.vars]: {', '.join(variables) or 'none'})")
+    variables = variables | (overrides or {})
     stages = [
-        Stage(name, data[name] if isinstance(data[name], list) else [data[name]], commands.commands[name], path)
+        Stage(name, data[name] if isinstance(data[name], list) else [data[name]], commands.commands[name], path, variables)
         for name in POSITIONAL if name in data
     ]
     if not stages:
@@ -121,7 +135,14 @@ def run_stage(stage: Stage, run_flags: dict) -> None:
 
             console = opt.console()
             console.rule("inspect")
-            print_inspection(inspect_output(Path(_text(table["output"]))), console, short=True)
+            print_inspection(inspect_output(Path(stage.text(table["output"]))), console, short=True)
+
+
+def _variable(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise PipelineError(f"--var {text!r}: expected NAME=VALUE")
+    return name.strip(), value
 
 
 def _listed(value) -> list:
@@ -142,11 +163,13 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace previous outputs made with other options.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each stage's summary as JSON (one object per line).")] = False,
+    var: Annotated[Optional[list[str]], typer.Option("--var", help="NAME=VALUE: replaces {NAME} in the file's values (its [pipeline.vars] say which exist). Repeatable.")] = None,
 ) -> None:
     """Run every stage of a pipeline file: align, generate, trainset, pairs, train, evaluate."""
     commands = ctx.find_root().command  # the maskgen app: each stage is one of its commands
     try:
-        stages = load_pipeline(pipeline, commands)
+        overrides = dict(_variable(text) for text in var or [])
+        stages = load_pipeline(pipeline, commands, overrides)
     except PipelineError as exc:
         raise opt.fail(str(exc), as_json=as_json) from None
     run_flags = {"address": address, "overwrite": overwrite or None, "quiet": quiet or None, "json": as_json or None}

@@ -86,6 +86,8 @@ def collect_images(paths: list[Path]) -> tuple[pd.DataFrame, Counter]:
             continue
         run = open_run(path)
         df = run.read(columns).to_pandas()
+        if "variant" not in df:  # an align run: every crop is an original
+            df = df.assign(variant="original", mask_type="", wear="")
         for status, n in df.loc[df.status != "ok", "status"].value_counts().items():
             left_out[f"status {status}"] += int(n)
         df = df[df.status == "ok"]
