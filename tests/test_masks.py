@@ -222,3 +222,43 @@ def test_the_top_edge_stays_below_the_lower_eyelids_however_high_the_mask_is_wor
             occlusion = render_mask(image, points, replace(spec(name), wear_shift=HIGHEST)).occlusion
             painted = (occlusion > 0) & eye_area(occlusion.shape, points)
             assert not painted.any(), f"{name} worn high paints {painted.sum()} eye pixels on turned face {i}"
+
+
+def _thin_plate_reference(src: np.ndarray, dst: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The spline as numpy computes it directly (the renderer's compiled solve must agree)."""
+    def kernel(a, b):
+        d2 = np.maximum(((a[:, None] - b[None]) ** 2).sum(-1), 1e-12)
+        return d2 * np.log(d2)
+
+    n = len(src)
+    a = np.zeros((n + 3, n + 3))
+    a[:n, :n] = kernel(src, src) + 1e-6 * np.eye(n)
+    a[:n, n] = a[n, :n] = 1
+    a[:n, n + 1 :] = src
+    a[n + 1 :, :n] = src.T
+    w = np.linalg.solve(a, np.concatenate([dst, np.zeros((3, 2))]))
+    return kernel(query, src) @ w[:n] + w[n] + query @ w[n + 1 :]
+
+
+def test_the_compiled_spline_is_the_thin_plate_spline(chips):
+    """The renderer's compiled thin-plate solve and lattice (numba, its own log) against numpy's,
+    on the real chips' anchor grids for every family and a few ways of wearing: the same map to
+    well under 1/32 px (cv2.remap's sub-pixel step)."""
+    from maskgen.masks.render import _LATTICE, _TEMPLATE_XY, _coarse_lattice, _xlogx
+
+    x = np.geomspace(1e-12, 1e4, 5001)
+    assert np.allclose(_xlogx(x), x * np.log(x), rtol=1e-13, atol=1e-15)
+    worst = 0.0
+    for image, points in chips[::4]:
+        for fam in all_families().values():
+            for shift in (0.0, 0.5, 1.0):
+                grid = anchor_grid(points, fam.fit, shift)
+                x0, y0, w, h = 10, 20, 120, 100
+                lattice = _coarse_lattice(grid, x0, y0, w, h, 0.8)
+                scale = max(w, h)
+                xs = ((np.arange(_LATTICE) + 0.5) * w / _LATTICE - 0.5) / scale
+                ys = ((np.arange(_LATTICE) + 0.5) * h / _LATTICE - 0.5) / scale
+                query = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+                expected = _thin_plate_reference((grid.reshape(-1, 2) - (x0, y0)) / scale, _TEMPLATE_XY * 0.8, query)
+                worst = max(worst, float(np.abs(lattice.reshape(-1, 2) - expected).max()))
+    assert worst < 1e-3, worst

@@ -7,6 +7,9 @@ the centre seam moves with the nose and the far side narrows by itself."""
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 
 from maskgen.masks.families import Fit
@@ -34,11 +37,6 @@ def along(points: np.ndarray, index) -> np.ndarray:
     return points[i] * (1 - t) + points[i + 1] * t
 
 
-def _outward(p: np.ndarray, centre: np.ndarray, distance) -> np.ndarray:
-    d = p - centre
-    return p + d / (np.sqrt((d * d).sum(-1, keepdims=True)) + 1e-6) * np.asarray(distance)[..., None]
-
-
 def _wear(shift: float, proper: float, nose: float, chin: float) -> float:
     """Piecewise linear through _SHIFTS (proper, nose exposed, on the chin); worn high
     slides up from the proper position."""
@@ -51,54 +49,130 @@ def _wear(shift: float, proper: float, nose: float, chin: float) -> float:
 
 def anchor_grid(points: np.ndarray, fit: Fit, wear_shift: float = 0.0) -> np.ndarray:
     """Image positions (len(V), len(U), 2) of the template's anchor nodes (U x V).
-    (Small arrays: each step is one numpy call over every node it needs, for speed.)"""
-    pts = points.astype(np.float64)
-    jaw, midline = pts[:17], pts[_MIDLINE]
-    eyes = pts[36:48].reshape(2, 6, 2).sum(1) / 6
-    across = eyes[1] - eyes[0]
-    eye_dist = float(np.hypot(*across)) + 1e-6
-    down = np.array([-across[1], across[0]]) / eye_dist
-    face_w, face_h = float(np.hypot(*(jaw[16] - jaw[0]))), float(np.hypot(*(pts[27] - pts[8])))
-    centre = pts[27:36].sum(0) / 9
-
+    (One compiled call: numpy's per-call overhead on these few points cost ~0.1 ms.)"""
     top_index = max(0.5, _wear(wear_shift, fit.top, _NOSE_EXPOSED_TOP, _CHIN_TOP))
     side = max(0.5, _wear(wear_shift, fit.side, _NOSE_EXPOSED_SIDE, _CHIN_SIDE))
-    bottom_start = min(side + 2.5, 7.0)
-    # On the midline: the top edge's centre, then the interior rows (bent towards the midline).
-    on_midline = along(midline, top_index + _V_STEPS * (len(MIDLINE) - 1 - top_index))
-    nose_top = on_midline[0]
+    grid = np.empty((len(V), len(U), 2))
+    _anchor_grid(np.ascontiguousarray(points, np.float64).reshape(68, 2), top_index, side,
+                 float(fit.width), float(fit.bottom), float(fit.sag), grid)
+    return grid
 
-    # Both halves at once: the jaw as seen from the left and from the right cheek; each half
-    # row runs from the cheek (s = 0) to the midline (s = 1). Jaw point 0: the top corner,
-    # then the bottom edge's 5 nodes, pushed outwards from the face centre.
-    cheeks = np.stack([jaw, jaw[::-1]])  # (2, 17, 2)
-    index = np.concatenate([[side], bottom_start + _S * (8.0 - bottom_start)])
-    push = np.concatenate([[fit.width * face_w], fit.width * face_w * (1 - _S) + fit.bottom * face_h * _S])
-    rims = _outward(_along_both(cheeks, index), centre, push)  # (2, 6, 2)
-    corners, bottoms = rims[:, :1], rims[:, 1:]
-    sag = down * (fit.sag * face_h * _SIN_S)[:, None]
-    tops = corners * (1 - _S[:, None]) + nose_top * _S[:, None] + sag  # (2, 5, 2)
-    top = np.concatenate([tops[0], tops[1, -2::-1]])  # 9 columns, left to right
-    bottom = np.concatenate([bottoms[0], bottoms[1, -2::-1]])
+
+def jit(**options):
+    """numba.njit(cache=True) where a cache folder can be written, plain njit otherwise
+    (as maskgen/faces/_shape_kernels.py): compiled once, then loaded from the cache. numpy's
+    error model (x / 0 is inf or nan, as in numpy, instead of a raised ZeroDivisionError):
+    numba's Python model checks every division, which keeps loops from vectorising (4x
+    slower here); every kernel guards its own divisions."""
+    options.setdefault("error_model", "numpy")
+
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(**options)(fn)
+
+    return wrap
+
+
+@jit(nogil=True)
+def _along_at(line, n, index):
+    """(x, y) at a fractional position along a polyline of n points."""
+    i = int(math.floor(index)) if math.isfinite(index) else 0
+    i = min(max(i, 0), n - 2)
+    t = index - i
+    return line[i, 0] * (1 - t) + line[i + 1, 0] * t, line[i, 1] * (1 - t) + line[i + 1, 1] * t
+
+
+@jit(nogil=True)
+def _anchor_grid(pts, top_index, side, width, bottom_push, sag, grid):
+    """anchor_grid's arithmetic (the numpy version's, node by node) into grid (4, 9, 2)."""
+    e0x = e0y = e1x = e1y = 0.0
+    for k in range(6):
+        e0x += pts[36 + k, 0]
+        e0y += pts[36 + k, 1]
+        e1x += pts[42 + k, 0]
+        e1y += pts[42 + k, 1]
+    e0x, e0y, e1x, e1y = e0x / 6, e0y / 6, e1x / 6, e1y / 6
+    ax, ay = e1x - e0x, e1y - e0y
+    eye_dist = math.hypot(ax, ay) + 1e-6
+    dx, dy = -ay / eye_dist, ax / eye_dist
+    face_w = math.hypot(pts[16, 0] - pts[0, 0], pts[16, 1] - pts[0, 1])
+    face_h = math.hypot(pts[27, 0] - pts[8, 0], pts[27, 1] - pts[8, 1])
+    cx = cy = 0.0
+    for k in range(27, 36):
+        cx += pts[k, 0]
+        cy += pts[k, 1]
+    cx, cy = cx / 9, cy / 9
+
+    midline = np.empty((8, 2))
+    for k in range(8):
+        midline[k, 0], midline[k, 1] = pts[_MIDLINE_T[k], 0], pts[_MIDLINE_T[k], 1]
+    on_mid = np.empty((5, 2))
+    for k in range(5):
+        on_mid[k, 0], on_mid[k, 1] = _along_at(midline, 8, top_index + _V_STEPS_T[k] * (7 - top_index))
+    bottom_start = min(side + 2.5, 7.0)
+
+    top = np.empty((9, 2))
+    bottom = np.empty((9, 2))
+    jaw = np.empty((17, 2))
+    for half in range(2):
+        for k in range(17):
+            j = k if half == 0 else 16 - k
+            jaw[k, 0], jaw[k, 1] = pts[j, 0], pts[j, 1]
+        for k in range(6):  # the top corner, then the bottom edge's 5 nodes, pushed outwards
+            if k == 0:
+                index, push = side, width * face_w
+            else:
+                s = _S_T[k - 1]
+                index = bottom_start + s * (8.0 - bottom_start)
+                push = width * face_w * (1 - s) + bottom_push * face_h * s
+            px, py = _along_at(jaw, 17, index)
+            ddx, ddy = px - cx, py - cy
+            norm = math.sqrt(ddx * ddx + ddy * ddy) + 1e-6
+            px, py = px + ddx / norm * push, py + ddy / norm * push
+            if k == 0:
+                kx, ky = px, py
+            else:
+                col = k - 1 if half == 0 else 9 - k
+                bottom[col, 0], bottom[col, 1] = px, py
+        for k in range(5):
+            if half == 1 and k == 4:
+                continue  # the midline node: once
+            s = _S_T[k]
+            bend = sag * face_h * _SIN_S_T[k]
+            col = k if half == 0 else 8 - k
+            top[col, 0] = kx * (1 - s) + on_mid[0, 0] * s + dx * bend
+            top[col, 1] = ky * (1 - s) + on_mid[0, 1] * s + dy * bend
 
     # Keep the top edge clear of the eyes, whatever the wear shift and head roll.
-    eye_mid = (eyes[0] + eyes[1]) / 2
-    floor = ((pts[_LIDS] - eye_mid) @ down).max() + 0.12 * eye_dist
-    top += np.maximum(floor - (top - eye_mid) @ down, 0)[:, None] * down
+    mx, my = (e0x + e1x) / 2, (e0y + e1y) / 2
+    floor = -math.inf
+    for k in range(8):
+        floor = max(floor, (pts[_LIDS_T[k], 0] - mx) * dx + (pts[_LIDS_T[k], 1] - my) * dy)
+    floor += 0.12 * eye_dist
+    for c in range(9):
+        lift = max(floor - ((top[c, 0] - mx) * dx + (top[c, 1] - my) * dy), 0.0)
+        top[c, 0] += lift * dx
+        top[c, 1] += lift * dy
 
     # Interior: straight columns, bent towards the real midline near the centre (nose, lips).
-    midline_pts = on_midline[1:]
-    midline_pts[0], midline_pts[-1] = top[4], bottom[4]
-    straight_mid = top[4] + V[:, None] * (bottom[4] - top[4])
-    grid = top[None] + V[:, None, None] * (bottom - top)[None]
-    return grid + _BEND * (midline_pts - straight_mid)[:, None, :]
+    for r in range(4):
+        v = _V_T[r]
+        if r == 0:
+            mpx, mpy = top[4, 0], top[4, 1]
+        elif r == 3:
+            mpx, mpy = bottom[4, 0], bottom[4, 1]
+        else:
+            mpx, mpy = on_mid[r + 1, 0], on_mid[r + 1, 1]
+        sx = top[4, 0] + v * (bottom[4, 0] - top[4, 0])
+        sy = top[4, 1] + v * (bottom[4, 1] - top[4, 1])
+        for c in range(9):
+            bend = 1 - abs(2 * _U_T[c] - 1)
+            grid[r, c, 0] = top[c, 0] + v * (bottom[c, 0] - top[c, 0]) + bend * (mpx - sx)
+            grid[r, c, 1] = top[c, 1] + v * (bottom[c, 1] - top[c, 1]) + bend * (mpy - sy)
 
 
-_BEND = (1 - np.abs(2 * U - 1))[None, :, None]
-
-
-def _along_both(cheeks: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """`along` for both jaw orientations at once: (2, len(index), 2)."""
-    i = np.minimum(np.maximum(np.floor(index).astype(int), 0), cheeks.shape[1] - 2)
-    t = (index - i)[None, :, None]
-    return cheeks[:, i] * (1 - t) + cheeks[:, i + 1] * t
+_MIDLINE_T, _LIDS_T = MIDLINE, tuple(_LIDS)  # tuples: numba freezes them as constants
+_V_STEPS_T, _S_T, _SIN_S_T = tuple(_V_STEPS.tolist()), tuple(_S.tolist()), tuple(_SIN_S.tolist())
+_U_T, _V_T = tuple(U.tolist()), tuple(V.tolist())

@@ -22,10 +22,11 @@ The signals (every one a float; `QA_SIGNALS` lists them in order):
                   wall, fur, noise): only the pixels tell such a crop from a face.
 
 The mean shape and the faceness model are in assets/faces/mean_shape68.json (how they were
-made is written in the file). Cost on one core, a 150x150 face: ~0.035 ms without the image,
-~0.09 ms with qa_face (measured on a busy 2-core machine where render_mask took ~1.5 ms, not
-its ~0.8: about 7% of the render). numpy and cv2 load on first use, so that the CLI and the
-schemas can read QA_SIGNALS and parse thresholds without them; QA_FIELDS loads pyarrow."""
+made is written in the file). Cost on one core, a 150x150 face: ~0.02 ms without the image,
+~0.055 ms with qa_face (was 0.03 and 0.09-0.10: the counts, sums and the faceness features
+are compiled numba kernels now, the same values to float rounding; cv2 still draws the
+outline and samples the face's view). numpy, cv2 and numba load on first use, so that the CLI
+and the schemas can read QA_SIGNALS and parse thresholds without them; QA_FIELDS loads pyarrow."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from maskgen.assets import assets_dir
 QA_SIGNALS = ("qa_coverage", "qa_eyes", "qa_spill", "qa_outside", "qa_shape", "qa_eye_scale", "qa_face")
 _EYE_POINTS = 12
 _HULL_INDEX = (*range(17), 27)  # the face outline: jaw (ear to ear through the chin), then the nose bridge's top
+np = None  # numpy, for the compiled kernels: set by _kernels()
 _HULL_GROW = 0.15  # the outline, grown about the landmarks' centre: a good mask's rim stays inside
 
 
@@ -162,6 +164,8 @@ def reference() -> dict:
         ref["model"]["energy_weights"] = np.ascontiguousarray(weights[2])
         ref["model"]["energy_sum"] = float(weights[2].sum())
         ref["model"]["ones"] = np.full(n, 1 / n, np.float32)
+        ref["model"]["split_weights"] = tuple(np.ascontiguousarray(row, np.float64) for row in weights)
+    ref["mean_xy"] = np.ascontiguousarray(np.stack([ref["mean"].real, ref["mean"].imag], 1))
     return ref
 
 
@@ -173,54 +177,30 @@ def measure(points, occlusion, image_shape: tuple, image=None, box=None) -> dict
     (the faceness model also learned masked faces, but scores them lower), for qa_face, which
     is NaN without it; box: (left, top, right, bottom) that qa_eye_scale is relative to,
     default the whole image (an aligned crop); pass the detector's box for a face in a photo.
-    (About 20 numpy and cv2 calls on small arrays: their overhead is the cost.)"""
+    (Every count and sum in one compiled pass, the outline fill in cv2: numpy's per-call
+    overhead on these small arrays was the cost.)"""
     import cv2
     import numpy as np
 
     ref = reference()
-    p = np.ascontiguousarray(points, np.float64).reshape(68, 2)
-    z = p.view(np.complex128)[:, 0]  # x + iy, no copy
-    t = complex(np.vdot(ref["average"], z))  # the landmarks' centre
-    if not (math.isfinite(t.real) and math.isfinite(t.imag)):
-        return dict.fromkeys(QA_SIGNALS, math.nan)
+    p = points if isinstance(points, np.ndarray) and points.shape == (68, 2) and points.flags.c_contiguous else np.ascontiguousarray(points, np.float64).reshape(68, 2)
     h, w = image_shape[:2]
-    x0, x1 = cv2.minMaxLoc(p[:, 0])[:2]  # (one call for both: numpy's min and max cost 4x more)
-    y0, y1 = cv2.minMaxLoc(p[:, 1])[:2]
-    bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
-    inside = max(min(x1, w) - max(x0, 0.0), 0.0) * max(min(y1, h) - max(y0, 0.0), 0.0)
-
-    # coverage of the landmark box, exactly as the renderer reports it
-    face = occlusion[max(0, math.floor(y0)) : math.ceil(y1), max(0, math.floor(x0)) : math.ceil(x1)]
-    coverage = cv2.countNonZero(face) / face.size if face.size else 0.0
-
-    # eye points under the mask (those inside the image): 12 lookups, cheaper in plain Python
-    covered = 0
-    for x, y in p[36:48].tolist():
-        xi, yi = math.floor(x + 0.5), math.floor(y + 0.5)
-        if 0 <= xi < w and 0 <= yi < h and occlusion[yi, xi]:
-            covered += 1
-
-    # similarity (Procrustes) fit of the mean shape, in complex numbers: z ~ a * mean + t
-    zc = z - t
-    norm2 = float(np.vdot(zc, zc).real)
-    a = complex(np.vdot(ref["mean"], zc))  # the mean shape has unit norm
-    shape = math.sqrt(max(0.0, 1.0 - abs(a) ** 2 / norm2)) if norm2 > 1e-12 else 1.0
-    eye_distance = abs(complex(np.vdot(ref["eye_axis"], z)))  # right eye's centre - left eye's
+    hull = np.empty((len(_HULL_INDEX), 2), np.int32)
+    stats = np.empty(16)
+    if not _kernels().signals(p, occlusion, w, h, ref["mean_xy"], _HULL_GROW, hull, stats):
+        return dict.fromkeys(QA_SIGNALS, math.nan)
+    coverage, covered, shape, eye_distance, total, ar, ai, tr, ti, bw, bh, inside, gx0, gy0, gx1, gy1 = stats.tolist()
+    gx0, gy0, gx1, gy1 = int(gx0), int(gy0), int(gx1), int(gy1)
 
     # the mask outside the face outline grown about the landmarks' centre: counted on the
     # grown landmark box only (it holds the grown outline)
-    total = cv2.countNonZero(occlusion)
     spill = 0.0
     if total:
-        grow = 1 + _HULL_GROW
-        gx0, gy0 = max(math.floor(t.real + (x0 - t.real) * grow), 0), max(math.floor(t.imag + (y0 - t.imag) * grow), 0)
-        gx1, gy1 = min(math.ceil(t.real + (x1 - t.real) * grow) + 1, w), min(math.ceil(t.imag + (y1 - t.imag) * grow) + 1, h)
         within = 0
         if gx1 > gx0 and gy1 > gy0:
-            hull = z[ref["hull"]] * (16 * grow) - (16 * (grow - 1) * t + 16 * complex(gx0, gy0))  # 4 fractional bits
             region = np.zeros((gy1 - gy0, gx1 - gx0), np.uint8)
             # the outline is monotone in y (each row crosses it twice): the convex fill draws it right, 2x faster
-            cv2.fillConvexPoly(region, hull.view(np.float64).reshape(-1, 2).astype(np.int32), 255, cv2.LINE_8, shift=4)
+            cv2.fillConvexPoly(region, hull, 255, cv2.LINE_8, shift=4)
             within = cv2.countNonZero(cv2.bitwise_and(region, occlusion[gy0:gy1, gx0:gx1]))
         spill = (total - within) / (bw * bh)
 
@@ -232,8 +212,145 @@ def measure(points, occlusion, image_shape: tuple, image=None, box=None) -> dict
         "qa_outside": 1.0 - inside / (bw * bh),
         "qa_shape": shape,
         "qa_eye_scale": eye_distance / math.sqrt(max((bx1 - bx0) * (by1 - by0), 1)),
-        "qa_face": faceness(image, a, t) if image is not None else math.nan,
+        "qa_face": faceness(image, complex(ar, ai), complex(tr, ti)) if image is not None else math.nan,
     }
+
+
+def _signals(p, occlusion, w, h, mean, grow, hull, stats):
+    """measure's arithmetic (compiled by _kernels): False when the landmarks' centre is not
+    finite; else stats = coverage, eye points covered, shape, eye distance, mask pixels,
+    a (re, im), t (re, im), box width and height, box area inside the image, grown box
+    (x0, y0, x1, y1), and hull = the grown outline with 4 fractional bits."""
+    points = p
+    p = np.empty((68, 2))  # float64, whatever the landmarks' type
+    for k in range(68):
+        p[k, 0], p[k, 1] = points[k, 0], points[k, 1]
+    tr = ti = 0.0
+    for k in range(68):  # the landmarks' centre (terms as numpy's vdot with 1/68)
+        tr += p[k, 0] * (1 / 68)
+        ti += p[k, 1] * (1 / 68)
+    if not (math.isfinite(tr) and math.isfinite(ti)):
+        return False
+    x0 = x1 = p[0, 0]
+    y0 = y1 = p[0, 1]
+    for k in range(1, 68):
+        x, y = p[k, 0], p[k, 1]
+        x0, x1 = (x if x < x0 else x0), (x if x > x1 else x1)
+        y0, y1 = (y if y < y0 else y0), (y if y > y1 else y1)
+    bw, bh = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    inside = max(min(x1, w) - max(x0, 0.0), 0.0) * max(min(y1, h) - max(y0, 0.0), 0.0)
+
+    # coverage of the landmark box, exactly as the renderer reports it (numpy's slice rules)
+    r0, r1 = _slice(math.floor(y0), math.ceil(y1), h)
+    c0, c1 = _slice(math.floor(x0), math.ceil(x1), w)
+    count = 0
+    for y in range(r0, r1):
+        row = occlusion[y]
+        for x in range(c0, c1):
+            count += 1 if row[x] else 0
+    size = (r1 - r0) * (c1 - c0)
+    coverage = count / size if size > 0 else 0.0
+
+    covered = 0  # eye points under the mask (those inside the image)
+    for k in range(36, 48):
+        xi, yi = math.floor(p[k, 0] + 0.5), math.floor(p[k, 1] + 0.5)
+        if 0 <= xi < w and 0 <= yi < h and occlusion[yi, xi]:
+            covered += 1
+
+    # similarity (Procrustes) fit of the mean shape, in complex numbers: z ~ a * mean + t
+    norm2 = ar = ai = 0.0
+    for k in range(68):
+        zr, zi = p[k, 0] - tr, p[k, 1] - ti
+        norm2 += zr * zr + zi * zi
+        ar += mean[k, 0] * zr + mean[k, 1] * zi  # conj(mean) * zc
+        ai += mean[k, 0] * zi - mean[k, 1] * zr
+    shape = math.sqrt(max(0.0, 1.0 - (ar * ar + ai * ai) / norm2)) if norm2 > 1e-12 else 1.0
+    er = ei = 0.0  # right eye's centre - left eye's
+    for k in range(6):
+        er += p[42 + k, 0] - p[36 + k, 0]
+        ei += p[42 + k, 1] - p[36 + k, 1]
+    eye_distance = math.hypot(er / 6, ei / 6)
+
+    total = 0
+    for y in range(occlusion.shape[0]):
+        row = occlusion[y]
+        for x in range(occlusion.shape[1]):
+            total += 1 if row[x] else 0
+    g = 1 + grow
+    gx0 = max(math.floor(tr + (x0 - tr) * g), 0)
+    gy0 = max(math.floor(ti + (y0 - ti) * g), 0)
+    gx1 = min(math.ceil(tr + (x1 - tr) * g) + 1, w)
+    gy1 = min(math.ceil(ti + (y1 - ti) * g) + 1, h)
+    ox, oy = 16 * (g - 1) * tr + 16 * gx0, 16 * (g - 1) * ti + 16 * gy0
+    for k in range(hull.shape[0]):
+        j = k if k < 17 else 27  # the jaw, then the nose bridge's top
+        hull[k, 0] = int(p[j, 0] * (16 * g) - ox)  # (truncated, as numpy's astype)
+        hull[k, 1] = int(p[j, 1] * (16 * g) - oy)
+    stats[0], stats[1], stats[2], stats[3], stats[4] = coverage, covered, shape, eye_distance, total
+    stats[5], stats[6], stats[7], stats[8], stats[9], stats[10], stats[11] = ar, ai, tr, ti, bw, bh, inside
+    stats[12], stats[13], stats[14], stats[15] = gx0, gy0, gx1, gy1
+    return True
+
+
+def _slice(start, stop, n):
+    """Python's slice [max(0, start):stop] of a length-n axis, as (first, end)."""
+    start = max(start, 0)
+    if stop < 0:
+        stop += n
+    stop = min(max(stop, 0), n)
+    start = min(start, n)
+    return start, max(stop, start)
+
+
+def _cells_logit(gx, gy, cell, w0, w1, w2, bias):
+    """faceness from the view's gradients (compiled by _kernels): the structure tensor
+    (gx^2, gy^2, gx gy) averaged over cell x cell blocks (as cv2.resize INTER_AREA), then
+    the model: orientation (2 per cell, weighted by coherence) and log energy relative to
+    the mean, dotted with the weights."""
+    n = gx.shape[0] // cell
+    cells = n * n
+    t0 = np.empty(cells, np.float32)
+    t1 = np.empty(cells, np.float32)
+    t2 = np.empty(cells, np.float32)
+    inv = np.float32(1.0 / (cell * cell))
+    for r in range(n):
+        for c in range(n):
+            s0 = s1 = s2 = np.float32(0)
+            for y in range(r * cell, (r + 1) * cell):
+                for x in range(c * cell, (c + 1) * cell):
+                    a, b = np.float32(gx[y, x]), np.float32(gy[y, x])
+                    s0 += a * a
+                    s1 += b * b
+                    s2 += a * b
+            k = r * n + c
+            t0[k], t1[k], t2[k] = s0 * inv, s1 * inv, s2 * inv
+    mean = 0.0
+    for k in range(cells):
+        mean += np.float64(t0[k] + t1[k])
+    mean = mean / cells + 1e-6
+    eps, floor = np.float32(1e-3 * mean), np.float32(0.05 * mean)
+    orientation = level = weights = 0.0
+    for k in range(cells):
+        energy = t0[k] + t1[k]
+        inv_e = np.float32(1) / (energy + eps)
+        orientation += np.float64((t0[k] - t1[k]) * inv_e) * w0[k] + np.float64(2 * t2[k] * inv_e) * w1[k]
+        level += math.log(np.float64(energy + floor)) * w2[k]
+        weights += w2[k]
+    return orientation + level - math.log(mean) * weights + bias
+
+
+@cache
+def _kernels():
+    """The compiled kernels (numba loads only when a render is measured)."""
+    from types import SimpleNamespace
+
+    from maskgen.masks.geometry import jit
+
+    global _slice, np
+    import numpy as np  # the kernels' np (this module loads numpy lazily)
+
+    _slice = jit(nogil=True)(_slice)
+    return SimpleNamespace(signals=jit(nogil=True)(_signals), cells_logit=jit(nogil=True)(_cells_logit))
 
 
 def face_view(image, a: complex, t: complex, size: int, region: tuple):
@@ -281,16 +398,14 @@ def view_features(view, cell: int):
 
 def faceness(image, a: complex, t: complex) -> float:
     """The faceness logit (qa_face) of the face z = a * mean + t in `image`: the model's
-    weights . view_features + bias, in fewer numpy calls."""
-    import numpy as np
+    weights . view_features + bias, the features and the dot in one compiled pass over the
+    view's gradients. (cv2 samples the view and its gradients faster than a compiled loop
+    on this machine's shared cores: tried.)"""
+    import cv2
 
     model = reference()["model"]
     if model is None or abs(a) < 1e-6:
         return math.nan
-    c = view_cells(face_view(image, a, t, model["size"], model["region"]), model["cell"])
-    energy = c[:, 0] + c[:, 1]
-    mean = float(np.dot(energy, model["ones"])) + 1e-6
-    orientation = float(np.dot((c * (1 / (energy + np.float32(1e-3 * mean)))[:, None]).ravel(), model["tensor_weights"]))
-    # log(energy / mean + 0.05) . w = log(energy + 0.05 mean) . w - log(mean) * sum(w)
-    level = float(np.dot(np.log(energy + np.float32(0.05 * mean)), model["energy_weights"])) - math.log(mean) * model["energy_sum"]
-    return orientation + level + model["bias"]
+    gx, gy = cv2.spatialGradient(face_view(image, a, t, model["size"], model["region"]))  # Sobel 3x3, int16
+    w0, w1, w2 = model["split_weights"]
+    return _kernels().cells_logit(gx, gy, model["cell"], w0, w1, w2, model["bias"])
