@@ -59,19 +59,27 @@ def trainset(
 
 
 def pairs(
-    sources: Annotated[list[Path], typer.Argument(help="Test runs (folders or manifests) or plain <identity>/<image> trees.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pairs file (.parquet) to write; image paths in it are relative to its folder.")],
+    sources: Annotated[Optional[list[Path]], typer.Argument(help="Test runs (folders or manifests) or plain <identity>/<image> trees.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pairs file (.parquet) to write; image paths in it are relative to its folder. With --from-bin: a .bin (the masked verification file; the .parquet pairs and <name>_images/ beside it) or a .parquet.")] = ...,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Identity-disjoint folds (LFW: 10).")] = 10,
     per_fold: Annotated[Optional[int], typer.Option("--per-fold", min=1, help="Positive (and as many negative) pairs per fold and type; default: the most every fold allows, at most 300.")] = None,
     types: Annotated[str, typer.Option("--types", help="Comma list of masked-unmasked, masked-masked, unmasked-unmasked.")] = "masked-unmasked,masked-masked,unmasked-unmasked",
     lfw_pairs: Annotated[Optional[Path], typer.Option("--lfw-pairs", help="Read LFW's pairs.txt instead of drawing pairs (image numbers refer to the first source tree).")] = None,
     write_lfw: Annotated[Optional[Path], typer.Option("--write-lfw", help="Also write the unmasked-unmasked pairs as an LFW pairs.txt.")] = None,
+    from_bin: Annotated[Optional[Path], typer.Option("--from-bin", help="An insightface verification file (lfw.bin, cfp_fp.bin, agedb_30.bin) to mask instead of SOURCES (see --mask).")] = None,
+    mask: Annotated[str, typer.Option("--mask", help="With --from-bin: first (masked-unmasked pairs) or both (masked-masked); a pair's two masks are the same mask.")] = "first",
+    mask_type: opt.MaskType = "random",
+    wear: opt.Wear = "proper",
     seed: opt.Seed = 0,
 ) -> None:
     """Verification pairs in identity-disjoint folds with equal positives and negatives per fold."""
     from maskgen.datasets.pairs import PairsError, make_pairs, read_lfw_pairs, write_lfw_pairs, write_pairs
     from maskgen.datasets.runs import RunError, collect_images
 
+    if from_bin is not None:
+        return _masked_bin(from_bin, out, mask, mask_type, wear, seed)
+    if not sources:
+        raise opt.fail("give SOURCES (runs or trees), or --from-bin FILE.bin")
     try:
         if lfw_pairs:
             table = read_lfw_pairs(lfw_pairs, sources[0])
@@ -92,6 +100,36 @@ def pairs(
     for pair_type, group in table.groupby("pair_type"):
         summary.add_row(pair_type, str(group.fold.nunique()), str(int(group.same.sum())), str(int((~group.same).sum())))
     opt.console().print(summary)
+
+
+def _masked_bin(source: Path, out: Path, mode: str, mask_type: str, wear: str, seed: int) -> None:
+    """`pairs --from-bin`: the .bin masked (MLFW-style), as a .bin and/or Parquet pairs."""
+    from maskgen.datasets.pairs import write_pairs
+    from maskgen.datasets.verification_bin import MASK_MODES, BinError, bin_pairs, mask_bin, read_bin, write_bin
+    from maskgen.masks.options import MaskOptions
+
+    if mode not in MASK_MODES:
+        raise opt.fail(f"--mask: choose from {', '.join(MASK_MODES)}, not {mode!r}")
+    if out.suffix not in (".bin", ".parquet"):
+        raise opt.fail(f"-o {out}: give a .bin (masked verification file) or a .parquet (pairs)")
+    try:
+        options = MaskOptions.parse(type=mask_type, wear=wear)
+        bins = read_bin(source)
+        masked = mask_bin(bins, mode, options, seed)
+        if out.suffix == ".bin":
+            write_bin(out, masked.images, bins.issame)
+        pairs_file = out.with_suffix(".parquet")
+        table = bin_pairs(type(bins)(masked.images, bins.issame), out.with_name(f"{out.stem}_images"),
+                          "masked-unmasked" if mode == "first" else "masked-masked", masked.specs)
+        write_pairs(table, pairs_file)
+    except (BinError, ValueError) as exc:
+        raise opt.fail(str(exc)) from None
+    except OSError as exc:
+        raise opt.fail(f"{exc.filename or out}: {exc.strerror or exc}") from None
+    done = sum(s is not None for s in masked.specs)
+    wanted = bins.pairs * (1 if mode == "first" else 2)
+    opt.console().print(f"{bins.pairs} pairs from {source}: {done} of {wanted} images masked ({wanted - done} kept as they were: "
+                        f"no mask could be fitted); wrote {out if out.suffix == '.bin' else ''} {pairs_file}", highlight=False)
 
 
 def _source_root(path: Path) -> Path:

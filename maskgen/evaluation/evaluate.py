@@ -47,6 +47,8 @@ class Evaluation:
 def read_pairs(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise EvaluationError(f"pairs file not found: {path}")
+    if path.suffix == ".bin":
+        return _bin_pairs(path)
     try:
         arrow = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
@@ -65,6 +67,19 @@ def read_pairs(path: Path) -> pd.DataFrame:
     if "pair_type" not in table.columns:
         table["pair_type"] = "pairs"
     table["same"] = table["same"].astype(bool)
+    return table.reset_index(drop=True)
+
+
+def _bin_pairs(path: Path) -> pd.DataFrame:
+    """An insightface verification .bin: its images extracted once (keyed by the file's
+    content) into maskgen's cache folder, its pairs in insightface's 10 consecutive folds."""
+    from maskgen.datasets.verification_bin import BinError, bin_digest, bin_pairs, read_bin
+    from maskgen.files import cache_dir
+
+    try:
+        table = bin_pairs(read_bin(path), cache_dir() / "bins" / f"{path.stem}-{bin_digest(path)}")
+    except (BinError, OSError) as exc:
+        raise EvaluationError(str(exc) if isinstance(exc, BinError) else f"{path}: {exc.strerror or exc}") from None
     return table.reset_index(drop=True)
 
 
