@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -112,6 +113,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
         kill_session(driver.pid)  # then the Ray it started, so that no worker writes on
     done_before = len(list((out / "stats").glob("*.json")))
     assert 2 <= done_before < 8
+    assert (out / ".maskgen-lock").is_file()  # a dead driver's lock: stale, taken over below
 
     result = invoke("generate", FACES, out, "--shard-size", 7, "--workers", 2, "--json")
     assert result.exit_code == 0, result.output
@@ -134,6 +136,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, clean_run):
         kill_session(driver.pid)
     assert driver.returncode == 130, err.decode()
     assert "re-run the same command" in err.decode()
+    assert not (out / ".maskgen-lock").exists()  # released on Ctrl-C
     result = invoke("generate", FACES, out, "--shard-size", 7, "--workers", 2, "--quiet")
     assert result.exit_code == 0, result.output
     assert_same_run(clean_run, out)
@@ -224,6 +227,81 @@ def test_a_shard_that_keeps_failing_is_reported_and_the_rest_completes(tmp_path,
     result = invoke("generate", FACES, out, "--shard-size", 7, "--json")  # no fault: the rerun finishes
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shards_done_now"] == 1
+    assert_same_run(clean_run, out)
+
+
+def test_a_full_disk_stops_the_run_after_the_first_failing_shard(tmp_path, clean_run):
+    out = tmp_path / "out"
+    markers = tmp_path / "faults"
+    fault = {"shard": 1, "kind": "oserror", "errno": "ENOSPC", "times": 99, "marker_dir": str(markers)}
+    with pytest.MonkeyPatch.context() as patch:  # the CLI's own request, with the fault added
+        from maskgen.pipeline import driver
+
+        patch.setattr(driver, "GenerateRequest", functools.partial(driver.GenerateRequest, fault=fault))
+        result = invoke("generate", FACES, out, "--shard-size", 7, "--workers", 2)
+    assert result.exit_code == 1, result.output
+    stopped = [line for line in result.stdout.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and "No space left on device" in stopped[0] and "re-run the same command" in stopped[0]
+    assert "retrying" not in result.output and len(list(markers.iterdir())) == 1  # tried once, not 3 times
+    done = len(list((out / "stats").glob("*.json")))
+    assert done <= 2  # shard 0 (in flight when shard 1 failed), at most one more: not all 7 others
+
+    resumed = invoke("generate", FACES, out, "--shard-size", 7, "--json")  # space freed: the rerun finishes
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["shards_already_done"] == done
+    assert_same_run(clean_run, out)
+
+
+@pytest.mark.parametrize("error, fatal", [
+    ("[Errno 28] No space left on device: '/out/images/a/b.jpg'", True),
+    ("[Errno 30] Read-only file system: '/out/images/a/b.jpg'", True),
+    ("[Errno 13] Permission denied: '/out/images/a'", True),
+    ("[Errno 36] File name too long: '/out/images/a/bbbb.jpg'", False),  # this image's own problem
+    ("unsafe relative path '../x.jpg'", False),
+])
+def test_which_write_errors_stop_a_run(error, fatal):
+    from maskgen.pipeline.shards import fatal_write_error
+
+    rows = [{"status": "ok", "error": ""}, {"status": "write_error", "error": error}]
+    found = fatal_write_error(rows)
+    assert (found is not None) == fatal
+    if fatal:
+        assert found.errno in (28, 30, 13) and found.filename.startswith("/out/images/a")
+    assert fatal_write_error([{"status": "decode_error", "error": error}]) is None  # reading an input: a row
+
+
+def test_retry_failed_after_replacing_bad_files_gives_the_clean_runs_manifest(tmp_path, clean_run):
+    tree = copy_faces(tmp_path / "faces")
+    bad = [sorted((tree / name).iterdir())[k] for name, k in (("John_Salley", 3), ("John_Simm", 8))]
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:200])  # truncated: a decode_error row
+    out = tmp_path / "out"
+    assert invoke("generate", tree, out, "--shard-size", 7, "--quiet").exit_code == 0
+    first = manifest(out)
+    assert sorted(first.loc[first["status"] != "ok", "src_path"]) == [p.relative_to(tree).as_posix() for p in bad]
+    images = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*") if p.is_file()}
+
+    for path in bad:  # the good files back
+        path.write_bytes((FACES / path.relative_to(tree)).read_bytes())
+    assert invoke("generate", tree, out, "--shard-size", 7).exit_code == 2  # changed inputs: refused as before
+    planned = json.loads(invoke("generate", tree, out, "--retry-failed", "--dry-run", "--json").stdout)
+    assert (planned["plan"], planned["shards_done"], planned["shards_to_do"], planned["inputs_to_do"]) == ("retried", 6, 2, 2)
+    retried = invoke("generate", tree, out, "--retry-failed", "--json")
+    assert retried.exit_code == 0, retried.output
+    summary = json.loads(retried.stdout)
+    assert summary["plan"] == "retried" and summary["images_this_run"] == 2  # the two bad inputs, alone
+    assert summary["shards_done_now"] == 2 and summary["statuses"] == {"ok": N_FACES}
+    assert_same_run(clean_run, out)
+    assert {p: images[p] for p in images} == {p: p.stat().st_mtime_ns for p in images}  # ok images untouched
+    assert not [p for p in out.rglob("*.tmp")]
+
+    again = invoke("generate", tree, out, "--shard-size", 7, "--json")  # the run is now the inputs as they are
+    assert again.exit_code == 0 and json.loads(again.stdout)["shards_done_now"] == 0
+    other_detector = invoke("generate", tree, out, "--retry-failed", "--detector", "cnn", "--upsample", 2, "--json")
+    assert other_detector.exit_code == 0 and json.loads(other_detector.stdout)["shards_done_now"] == 0  # allowed; no failures
+    refused = invoke("generate", tree, out, "--retry-failed", "--seed", 5)
+    assert refused.exit_code == 2 and "may change only detector, upsample, not seed 0 -> 5" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
     assert_same_run(clean_run, out)
 
 

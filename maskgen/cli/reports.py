@@ -47,7 +47,8 @@ class RichReporter(Reporter):
         if self.status is not None:
             self.status.stop()
             self.status = None
-        what = {"new": "planned", "resumed": "resuming", "replaced": "replaced the previous run;"}[outcome]
+        what = {"new": "planned", "resumed": "resuming", "replaced": "replaced the previous run;",
+                "retried": "retrying the failed inputs of"}[outcome]
         extra = f", {walk_report.hidden} hidden files skipped" if walk_report.hidden else ""
         self.console.print(
             f"{what} {plan.n_inputs:,} inputs in {plan.n_shards:,} shards of {plan.shard_size:,}"
@@ -112,12 +113,34 @@ def print_summary(summary, console: Console, label: str = "generate") -> None:
     )
     console.print(f"{summary.inputs:,} inputs, {shards}, {summary.shards_already_done:,} of them from before; "
                   f"{summary.elapsed_s:,.1f} s in all{rate}", soft_wrap=True)
+    if summary.stopped:  # one message: the shards in flight failed the same way
+        console.print(f"[bold red]stopped:[/bold red] {escape(summary.stopped)}; no shard was started after it. "
+                      "Fix it and re-run the same command to finish", highlight=False, soft_wrap=True)
+        return print_outputs(summary, console)
     for index, error in summary.failed_shards.items():
         console.print(f"[bold red]shard {index} failed:[/bold red] {escape(error)}", highlight=False, soft_wrap=True)
     if summary.failed_shards:
         console.print("[red]incomplete run[/red]: re-run the same command to retry the failed shards")
+    print_outputs(summary, console)
+
+
+def print_outputs(summary, console: Console) -> None:
     console.print(f"images:   {escape(summary.images_dir)}", highlight=False, soft_wrap=True)
     console.print(f"manifest: {escape(summary.manifest_dir)}   (pandas.read_parquet on this folder)", highlight=False, soft_wrap=True)
+
+
+def print_preview(shown, console: Console, label: str = "generate") -> None:
+    """`--dry-run`: the plan and what the run would do, in a few lines (printed even with --quiet)."""
+    what = {"new": "a new run", "resumed": "a resume", "replaced": "replacing the run there (--overwrite)",
+            "retried": "retrying the failed inputs"}[shown.plan]
+    hidden = f", {shown.skipped_hidden:,} hidden files skipped" if shown.skipped_hidden else ""
+    console.print(f"{label} --dry-run: {what} of {escape(shown.out_dir)}", highlight=False, soft_wrap=True)
+    console.print(f"  {shown.inputs:,} inputs in {shown.shards_total:,} shards of {shown.shard_size:,}{hidden}")
+    console.print(f"  config hash {shown.config_hash}, input fingerprint {shown.fingerprint[:16]}")
+    console.print(f"  shards: {shown.shards_done:,} done, {shown.shards_to_do:,} to do ({shown.inputs_to_do:,} inputs)")
+    if shown.locked_by:
+        console.print(f"  [yellow]another run writes there now[/yellow] ({escape(shown.locked_by)})", highlight=False)
+    console.print("  nothing was processed or written", style="dim")
 
 
 def _count_table(title: str, counts: dict, total: int) -> Table:

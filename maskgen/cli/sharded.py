@@ -16,6 +16,10 @@ from maskgen.cli import options as opt
 
 EXIT_FAILED_SHARDS, EXIT_INTERRUPTED = 1, 130  # 2: a user mistake (cli_options.fail)
 
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Plan only: print the inputs, shards, config hash and what a run would do now (shards done / to do); process and write nothing.")]
+RETRY_MAY_CHANGE = ("detector", "upsample")  # what may find the faces a first run missed; all else is the run's identity
+Force = Annotated[bool, typer.Option("--force", help="Break OUT_DIR's lock even if the run holding it looks alive (only when you know it is gone).")]
+
 
 def generate(
     in_tree: Annotated[Path, typer.Argument(help="Aligned face tree <root>/<identity>/<image> (with --input-list: the root its relative paths start from).", show_default=False)],
@@ -44,6 +48,9 @@ def generate(
     input_list: Annotated[Optional[Path], typer.Option("--input-list", help="Parquet/CSV/TXT list of paths (columns: path, identity, landmarks) to use instead of walking IN_TREE.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made from other inputs or with other options.")] = False,
     max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, help="Tries per shard before it is reported as failed.")] = 3,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run only the inputs whose rows are not ok (after replacing bad files, or with another --detector / --upsample: the only options it may change); ok rows and images are kept as they are.")] = False,
+    force: Force = False,
+    dry_run: DryRun = False,
     quiet: opt.Quiet = False,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object on stdout.")] = False,
 ) -> None:
@@ -63,7 +70,8 @@ def generate(
         raise opt.fail(str(exc), as_json=as_json) from None
     request = GenerateRequest(
         input_root=in_tree, out_dir=out_dir, config=config, shard_size=shard_size, workers=workers,
-        address=address, input_list=input_list, overwrite=overwrite, max_attempts=max_attempts,
+        address=address, input_list=input_list, overwrite=overwrite, max_attempts=max_attempts, force=force,
+        dry_run=dry_run, retry_failed=retry_failed, retry_may_change=RETRY_MAY_CHANGE,
     )
     run_generate_request(request, quiet=quiet, as_json=as_json)
 
@@ -71,17 +79,26 @@ def generate(
 def run_generate_request(request, *, quiet: bool = False, as_json: bool = False, label: str = "generate"):
     """Run a request with the CLI's output and exit codes (shared by `generate`, `align` and
     `run`); `label` names the command on the progress bar and the summary."""
-    from maskgen.cli.reports import RichReporter, print_summary
+    from maskgen.cli.reports import RichReporter, print_preview, print_summary
     from maskgen.pipeline.driver import generate as run_generate
+    from maskgen.pipeline.driver import preview
     from maskgen.pipeline.inputs import InputError
+    from maskgen.pipeline.lock import LockHeld
     from maskgen.pipeline.plan import PlanMismatch
     from maskgen.pipeline.progress import SilentReporter
     from maskgen.pipeline.runner import RunnerError
 
     live = not (quiet or as_json)
     try:
+        if request.dry_run:
+            shown = preview(request, RichReporter(label=label) if live else SilentReporter())
+            if as_json:
+                print(json.dumps(shown.to_dict()))
+            else:
+                print_preview(shown, opt.console(), label)
+            return shown
         summary = run_generate(request, RichReporter(label=label) if live else SilentReporter())
-    except (InputError, PlanMismatch, RunnerError) as exc:
+    except (InputError, PlanMismatch, RunnerError, LockHeld) as exc:
         raise opt.fail(str(exc), as_json=as_json) from None
     except OSError as exc:  # OUT_DIR not writable, disk full while planning...
         raise opt.fail(f"{exc.filename or request.out_dir}: {exc.strerror or exc}", as_json=as_json) from None
@@ -115,6 +132,8 @@ def align(
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start Ray on this machine.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
+    force: Force = False,
+    dry_run: DryRun = False,
     quiet: opt.Quiet = False,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object.")] = False,
 ) -> None:
@@ -153,7 +172,8 @@ def align(
         raise opt.fail(str(exc)) from None
     request = GenerateRequest(
         input_root=raw_tree, out_dir=out_dir, config=config, shard_size=shard_size, max_shard_size=200, workers=workers,
-        address=address, overwrite=overwrite, job_class="maskgen.jobs.aligning:AlignJob",
+        address=address, overwrite=overwrite, force=force, dry_run=dry_run,
+        job_class="maskgen.jobs.aligning:AlignJob",
     )
     run_generate_request(request, quiet=quiet, as_json=as_json, label="align")
 
@@ -170,6 +190,8 @@ def landmarks(
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine or the cluster).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default: start Ray on this machine.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in OUT_DIR made with other inputs or options.")] = False,
+    force: Force = False,
+    dry_run: DryRun = False,
     quiet: opt.Quiet = False,
     as_json: Annotated[bool, typer.Option("--json", help="No progress bar; print the summary as one JSON object.")] = False,
 ) -> None:
@@ -190,8 +212,8 @@ def landmarks(
         raise opt.fail(f"--landmarker: unknown engine {landmarker!r} (choose from {', '.join(ENGINES)})", as_json=as_json)
     request = GenerateRequest(
         input_root=in_tree, out_dir=out_dir, config=LandmarkConfig(aligned, layout, detector, upsample, landmarker),
-        shard_size=shard_size, max_shard_size=5000, workers=workers, address=address, overwrite=overwrite,
-        job_class="maskgen.jobs.landmarking:LandmarkJob",
+        shard_size=shard_size, max_shard_size=5000, workers=workers, address=address, overwrite=overwrite, force=force,
+        dry_run=dry_run, job_class="maskgen.jobs.landmarking:LandmarkJob",
     )
     run_generate_request(request, quiet=quiet, as_json=as_json, label="landmarks")
 

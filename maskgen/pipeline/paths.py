@@ -5,6 +5,7 @@
     OUT_DIR/plan/plan.json               input fingerprint, config hash, shard size
     OUT_DIR/plan/inputs.parquet          the sorted inputs; row group i = shard i
     OUT_DIR/stats/shard-00000.json       written last for a shard: its done marker
+    OUT_DIR/.maskgen-lock                the driver writing here (see lock.py)
 """
 
 from __future__ import annotations

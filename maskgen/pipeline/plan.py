@@ -8,11 +8,13 @@ are now and compares it: the same plan resumes; a different one is refused unles
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,6 @@ from maskgen.schemas import INPUTS_SCHEMA, SCHEMA_VERSION
 
 PLAN_FORMAT = 1
 INPUTS_CHUNK_ROWS = 4096  # row group size of inputs.parquet: bounds the planner's memory
-
 
 
 class PlanMismatch(RuntimeError):
@@ -212,6 +213,7 @@ def prepare_plan(
     overwrite: bool = False,
     workers_hint: int = 1,
     max_shard_size: int = 1000,
+    dry_run: bool = False,
 ) -> tuple[Plan, str]:
     """Plan the run in `layout`; returns (plan, "new" | "resumed" | "replaced").
 
@@ -220,13 +222,14 @@ def prepare_plan(
 
     Raises PlanMismatch when OUT_DIR holds another run and `overwrite` is false, and
     InputError for inputs that cannot be planned (nothing is written to OUT_DIR then).
+    `dry_run`: the same answer, and nothing written to OUT_DIR (not even plan/).
     """
     if shard_size is not None and shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {shard_size}")
-    layout.plan_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(layout.plan_dir)
-    tmp = temp_sibling(layout.inputs_file)
-    try:
+    if not dry_run:
+        layout.plan_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(layout.plan_dir)
+    with _scratch_inputs(layout, dry_run) as tmp:
         n_inputs, fingerprint, has_landmarks = write_inputs(entries, tmp)
         if n_inputs == 0:
             raise InputError(f"no input images found in {input_list or input_root}")
@@ -249,7 +252,6 @@ def prepare_plan(
         if existing is not None:
             problems = plan_differences(existing, candidate)
             if not problems:
-                tmp.unlink()
                 return existing, "resumed"
             if not overwrite:
                 raise PlanMismatch(
@@ -264,10 +266,76 @@ def prepare_plan(
                     f"Re-run with --overwrite to replace them, or choose another output folder."
                 )
             outcome = "replaced"
+        if dry_run:
+            return candidate, outcome
         if outcome == "replaced":
             clear_outputs(layout, keep=tmp)
         tmp.replace(layout.inputs_file)
         write_atomic(layout.plan_file, candidate.to_json().encode())
         return candidate, outcome
+
+
+@contextlib.contextmanager
+def _scratch_inputs(layout: OutputLayout, dry_run: bool):
+    """Where the candidate inputs.parquet is written: beside the real one (renamed into place
+    when the plan is new), or, for a dry run, in a temp folder outside OUT_DIR."""
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="maskgen-plan-") as folder:
+            yield Path(folder) / "inputs.parquet"
+        return
+    tmp = temp_sibling(layout.inputs_file)
+    try:
+        yield tmp
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def retry_plan(
+    layout: OutputLayout,
+    entries: Iterable[Entry],
+    *,
+    config,
+    may_change: Iterable[str],
+    shard_size: int | None,
+) -> Plan:
+    """The run in `layout` as `--retry-failed` redoes it: its plan, with the fingerprint of the
+    inputs as they are now (a replaced bad file changes it). Nothing is written.
+
+    Raises InputError without a run, PlanMismatch when the inputs are not the same list or
+    the config differs in more than the fields in `may_change` (and those that never change
+    the output)."""
+    existing = load_plan(layout)
+    if existing is None:
+        raise InputError(f"{layout.root} holds no run to retry (no plan/plan.json): run without --retry-failed")
+    with _scratch_inputs(layout, dry_run=True) as tmp:
+        _, fingerprint, _ = write_inputs(entries, tmp)
+        problems = [] if _same_inputs(tmp, layout.inputs_file) else [
+            "the inputs are not the same list (--retry-failed redoes failed inputs; it adds or removes none)"
+        ]
+    if shard_size is not None and shard_size != existing.shard_size:
+        problems.append(f"the shard size changed ({existing.shard_size} -> {shard_size})")
+    ignored = set(may_change) | _same_output_fields(config)
+    old, new = existing.config, json.loads(json.dumps(config_dict(config), default=str))
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if k not in ignored and old.get(k) != new.get(k)]
+    if existing.maskgen_version != maskgen_version() or existing.schema_version != SCHEMA_VERSION:
+        changed.append(f"maskgen {existing.maskgen_version} -> {maskgen_version()}, schema {existing.schema_version} -> {SCHEMA_VERSION}")
+    if changed:
+        problems.append(f"--retry-failed may change only {', '.join(sorted(may_change)) or 'nothing'}, not " + ", ".join(changed))
+    if problems:
+        raise PlanMismatch(f"cannot retry the run in {layout.root}: {'; '.join(problems)}")
+    return dataclasses.replace(existing, fingerprint=fingerprint)
+
+
+def _same_output_fields(config) -> set[str]:
+    return set(config_dict(config)) - set(_output_fields(config))
+
+
+def _same_inputs(a: Path, b: Path) -> bool:
+    """The same (identity, rel, landmarks) rows in the same order, a row group at a time."""
+    if not b.is_file():
+        return False
+    fa, fb = pq.ParquetFile(a), pq.ParquetFile(b)
+    if fa.metadata.num_rows != fb.metadata.num_rows or fa.num_row_groups != fb.num_row_groups:
+        return False
+    return all(fa.read_row_group(i).equals(fb.read_row_group(i)) for i in range(fa.num_row_groups))

@@ -5,6 +5,7 @@ is given up on (reported) while the others complete.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -20,7 +21,7 @@ import ray
 from maskgen.errors import one_line
 from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan
-from maskgen.pipeline.shards import process_shard
+from maskgen.pipeline.shards import FATAL_ERRNOS, process_shard
 
 PROGRESS_EVERY_S = 1.0  # how often a worker reports images done within a shard
 TICK_S = 0.5  # the driver's progress refresh (a board read) and ray.wait timeout
@@ -94,7 +95,7 @@ class ShardWorker:
 
     def __init__(
         self, config, plan_json: str, out_dir: str, input_root: str, board=None, fault: dict | None = None,
-        job_class: str = "maskgen.jobs.masking:ImageJob",
+        job_class: str = "maskgen.jobs.masking:ImageJob", retry_failed: bool = False,
     ):
         try:
             import cv2
@@ -108,6 +109,7 @@ class ShardWorker:
         self.input_root = Path(input_root)
         self.board = board
         self.fault = fault
+        self.retry_failed = retry_failed  # redo only the inputs whose rows are not all ok
         self.pass_landmarks = self.plan.has_landmarks and "landmarks" in signature(self.job.process).parameters
 
     def ready(self) -> str:
@@ -125,11 +127,12 @@ class ShardWorker:
 
         return process_shard(
             self.job, self.plan, self.layout, self.input_root, index,
-            pass_landmarks=self.pass_landmarks, on_progress=on_progress,
+            pass_landmarks=self.pass_landmarks, on_progress=on_progress, retry_failed=self.retry_failed,
         )
 
     def _maybe_fail(self, index: int) -> None:
-        """Fault injection for tests: {"shard", "kind": crash|raise, "times", "marker_dir"}."""
+        """Fault injection for tests: {"shard", "kind": crash|raise|oserror, "times", "marker_dir"}
+        (oserror: an OSError with "errno", a name such as "ENOSPC")."""
         fault = self.fault
         if not fault or fault["shard"] != index:
             return
@@ -140,6 +143,9 @@ class ShardWorker:
         (markers / f"{index}-{os.getpid()}-{time.monotonic_ns()}").touch()
         if fault["kind"] == "crash":
             os._exit(1)
+        if fault["kind"] == "oserror":
+            code = getattr(errno, fault["errno"])
+            raise OSError(code, os.strerror(code), str(self.layout.manifest_path(index, self.plan.n_shards)))
         raise RuntimeError(f"injected fault in shard {index}")
 
 
@@ -149,6 +155,12 @@ def load_job_class(spec: str):
 
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def fatal_error(exc: BaseException) -> bool:
+    """A shard's error that every other shard would hit too: OUT_DIR full, read-only or forbidden."""
+    cause = getattr(exc, "cause", None) or exc
+    return isinstance(cause, OSError) and cause.errno in FATAL_ERRNOS
 
 
 def _short_error(exc: BaseException) -> str:
@@ -168,6 +180,7 @@ class _Slot:
 @dataclass
 class RunOutcome:
     failed: dict[int, str] = field(default_factory=dict)  # shard -> last error, after all attempts
+    stopped: str = ""  # a fatal error (see fatal_error): no shard was started after it
     workers_ready_s: float = 0.0  # until every first worker had its ImageJob built (model loading)
 
 
@@ -186,6 +199,8 @@ def run_shards(
 
     A worker only gets a shard once it is ready, so a worker that cannot be placed (or
     starts slowly) never holds one up. `on_tick(images, failed)` reports in-flight counts.
+    A fatal error (a full or read-only OUT_DIR...) stops it: the shards in flight finish, no
+    other starts, none is retried.
     """
     queue = deque(shards)
     attempts: Counter = Counter()
@@ -225,6 +240,9 @@ def run_shards(
                             raise RunnerError(f"workers could not start: {error}") from exc
                         replace(slot)
                         continue
+                    if fatal_error(exc) and not outcome.stopped:
+                        outcome.stopped = error
+                        queue.clear()
                     _give_back(slot.shard, attempts, max_attempts, queue, outcome, on_retry, error)
                     if isinstance(exc, ray.exceptions.RayActorError):  # the process died: a new one
                         replace(slot)
@@ -251,7 +269,9 @@ def run_shards(
 
 
 def _give_back(shard, attempts, max_attempts, queue, outcome, on_retry, error: str) -> None:
-    if attempts[shard] < max_attempts:
+    if outcome.stopped:
+        outcome.failed[shard] = error
+    elif attempts[shard] < max_attempts:
         on_retry(shard, attempts[shard], error)
         queue.append(shard)
     else:

@@ -6,8 +6,10 @@ Runs inside a Ray actor, but nothing here knows about Ray.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import socket
 import time
 from collections import Counter
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from maskgen.files import write_atomic, write_parquet
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
@@ -22,6 +25,23 @@ from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan, read_inputs_slice
 
 EXAMPLES_PER_SHARD = 5  # failure examples kept in a shard's stats (the manifest has them all)
+# Errors of OUT_DIR itself, not of one image: every later write would fail the same way.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:]*)(?:: '(.*)')?")
+
+
+def fatal_write_error(rows: list[dict]) -> OSError | None:
+    """A write_error row caused by a full, read-only or forbidden OUT_DIR, as the OSError it was.
+
+    Jobs turn a failed image write into a row (one bad path must not cost the shard); that row
+    would mark the image as done for good, so the shard fails instead and a re-run redoes it."""
+    for row in rows:
+        if row.get("status") != "write_error":
+            continue
+        match = _ERRNO_TEXT.search(row.get("error") or "")
+        if match and int(match[1]) in FATAL_ERRNOS:
+            return OSError(int(match[1]), match[2], match[3])
+    return None
 
 
 def process_entries(job, entries: list[dict], input_root: Path, images_root: Path, config: dict, pass_landmarks: bool) -> list[list[dict]]:
@@ -46,48 +66,76 @@ def process_shard(
     *,
     pass_landmarks: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    retry_failed: bool = False,
 ) -> dict:
-    """Process shard `index` and return its stats (also written, last, to its stats file)."""
+    """Process shard `index` and return its stats (also written, last, to its stats file).
+
+    `retry_failed`: the inputs whose rows in the shard's manifest are all ok keep those rows
+    (their images are not touched); only the others (or all, without a manifest) are run."""
     started, cpu_started = time.perf_counter(), time.process_time()
     entries = read_inputs_slice(layout.inputs_file, *plan.shard_range(index))
-    rows: list[dict] = []
-    statuses: Counter = Counter()
-    examples: list[dict] = []
-    failed_rows = 0
-    done = 0
-    for start in range(0, len(entries), BATCH_SIZE):
-        batch = entries[start : start + BATCH_SIZE]
-        for entry_rows in process_entries(job, batch, input_root, layout.images, plan.config, pass_landmarks):
-            rows.extend(entry_rows)
-            for row in entry_rows:
-                statuses[row["status"]] += 1
-                if row["status"] != "ok":
-                    failed_rows += 1
-                    if len(examples) < EXAMPLES_PER_SHARD:
-                        examples.append({k: row.get(k) for k in ("src_path", "variant", "status", "error")})
+    kept = ok_rows_by_input(layout.manifest_path(index, plan.n_shards)) if retry_failed else {}
+    todo = [e for e in entries if e["rel"] not in kept]
+    fresh: dict[str, list[dict]] = {}
+    done, failed = len(entries) - len(todo), 0
+    for start in range(0, len(todo), BATCH_SIZE):
+        batch = todo[start : start + BATCH_SIZE]
+        results = process_entries(job, batch, input_root, layout.images, plan.config, pass_landmarks)
+        if fatal := fatal_write_error([row for entry_rows in results for row in entry_rows]):
+            raise fatal
+        for entry, entry_rows in zip(batch, results):
+            fresh[entry["rel"]] = entry_rows
+            failed += sum(row["status"] != "ok" for row in entry_rows)
             done += 1
             if on_progress:
-                on_progress(done, failed_rows)
+                on_progress(done, failed)
+    rows = [row for e in entries for row in (kept.get(e["rel"]) or fresh[e["rel"]])]
     write_parquet(layout.manifest_path(index, plan.n_shards), pa.Table.from_pylist(rows, schema=job.schema))
-    stats = {
+    stats = shard_stats(rows) | {
         "shard": index,
         "inputs": len(entries),
-        "rows": len(rows),
-        "statuses": dict(sorted(statuses.items())),
-        "failed_rows": failed_rows,
-        "examples": examples,
         "elapsed_s": round(time.perf_counter() - started, 3),
         "cpu_s": round(time.process_time() - cpu_started, 3),  # this worker's CPU time for the shard
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "config_hash": plan.config_hash,
         "fingerprint": plan.fingerprint,
     }
+    if retry_failed:
+        stats["retried"] = len(todo)
     write_atomic(layout.stats_path(index, plan.n_shards), json.dumps(stats, indent=1).encode())
     return stats
 
 
-def read_stats(layout: OutputLayout, plan: Plan) -> dict[int, dict]:
-    """Stats of the shards that are done: stats file of this plan present, manifest present."""
+def shard_stats(rows: list[dict]) -> dict:
+    statuses = Counter(row["status"] for row in rows)
+    failures = [row for row in rows if row["status"] != "ok"]
+    return {
+        "rows": len(rows),
+        "statuses": dict(sorted(statuses.items())),
+        "failed_rows": len(failures),
+        "examples": [{k: row.get(k) for k in ("src_path", "variant", "status", "error")} for row in failures[:EXAMPLES_PER_SHARD]],
+    }
+
+
+def ok_rows_by_input(manifest: Path) -> dict[str, list[dict]]:
+    """A shard manifest's rows by input (src_path), for the inputs whose rows are all ok."""
+    if not manifest.is_file():
+        return {}
+    by_input: dict[str, list[dict]] = {}
+    for row in pq.read_table(manifest).to_pylist():
+        by_input.setdefault(row["src_path"], []).append(row)
+    return {rel: rows for rel, rows in by_input.items() if all(r["status"] == "ok" for r in rows)}
+
+
+def not_ok_inputs(manifest: Path) -> int:
+    """How many inputs of a shard manifest have a row that is not ok (what --retry-failed redoes)."""
+    table = pq.read_table(manifest, columns=["src_path", "status"]).to_pylist()
+    return len({r["src_path"] for r in table if r["status"] != "ok"})
+
+
+def read_stats(layout: OutputLayout, plan: Plan, also_fingerprint: str | None = None) -> dict[int, dict]:
+    """Stats of the shards that are done: stats file of this plan present, manifest present.
+    `also_fingerprint`: a --retry-failed run also takes the shards done before its files changed."""
     if not layout.stats.is_dir():
         return {}
     manifests = {p.name for p in layout.manifest.glob("shard-*.parquet")} if layout.manifest.is_dir() else set()
@@ -103,7 +151,7 @@ def read_stats(layout: OutputLayout, plan: Plan) -> dict[int, dict]:
             and 0 <= index < plan.n_shards
             and path.name == layout.stats_path(index, plan.n_shards).name
             and stats.get("config_hash") == plan.config_hash
-            and stats.get("fingerprint") == plan.fingerprint
+            and stats.get("fingerprint") in {plan.fingerprint, also_fingerprint or plan.fingerprint}
             and layout.manifest_path(index, plan.n_shards).name in manifests
         ):
             done[index] = stats
