@@ -93,22 +93,33 @@ def curves_png(folder: Path) -> bytes | None:
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    conditions = sorted({_condition(log.parent.name) for log in logs})
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(conditions)}  # one colour per condition
+    labelled = set()
     for log in logs:
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        condition = _condition(log.parent.name)
+        style = {"lw": 1, "color": colors[condition], "label": None if condition in labelled else condition}
+        labelled.add(condition)
         steps = [r["step"] for r in records if "loss" in r]
-        loss_ax.plot(steps, [r["loss"] for r in records if "loss" in r], lw=1, label=log.parent.name)
-        acc_ax.plot(steps, [r["acc"] for r in records if "loss" in r], lw=1, label=f"{log.parent.name} train")
+        loss_ax.plot(steps, [r["loss"] for r in records if "loss" in r], **style)
+        acc_ax.plot(steps, [r["acc"] for r in records if "loss" in r], **style)
         val = [(r["step"], r["val_acc"]) for r in records if r.get("val_acc") is not None]
         if val:
-            acc_ax.plot(*zip(*val), lw=1, ls="--", label=f"{log.parent.name} validation")
+            acc_ax.plot(*zip(*val), lw=1, ls="--", color=colors[condition])
     loss_ax.set(xlabel="step", ylabel="loss", title="training loss", yscale="log")
     acc_ax.set(xlabel="step", ylabel="accuracy", title="accuracy (train; validation dashed)", ylim=(0, 1.02))
-    acc_ax.legend(fontsize=6, ncol=2)
+    acc_ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _condition(run: str) -> str:
+    match = _RUN.fullmatch(run)
+    return match["condition"] if match else run
 
 
 def write_experiment_report(folder: Path, title: str = "Masked-face verification") -> dict[str, Path]:
