@@ -12,8 +12,8 @@ All on the mask's bounding box only. At this size a cv2/numpy call costs more in
 than in pixels, so the small-array work (anchors, spline solve, colour grade) and the
 per-pixel arithmetic between cv2's remap and blurs are compiled numba kernels (cached on
 disk: see geometry.jit); the output is the cv2/numpy version's to float rounding (at most
-1 grey level on a few pixels). About half the time of that version: ~0.35-0.45 ms a
-150x150 chip on one core (it took 0.65-0.9 ms)."""
+1 grey level on a few pixels). About half the time of that version: 0.5-0.6 ms a
+150x150 chip on one core of the development VM (it took 1.1 ms there in the same runs)."""
 
 from __future__ import annotations
 
