@@ -91,6 +91,9 @@ def test_unreadable_training_data_stops_with_one_line(prepared, tmp_path):
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
     needs = invoke("train", "--set", f"manifest={prepared[0]}", "--set", "online_masks=0.5", "--set", "max_steps=1")
     assert needs.exit_code == 2 and "need `landmarks`" in needs.output
+    not_a_run = invoke("train", "--set", f"manifest={prepared[0]}", "--set", f"landmarks={tmp_path}", "--set", "online_masks=0.5",
+                       "--set", "max_steps=1", "--set", f"out_dir={tmp_path / 'o'}")
+    assert not_a_run.exit_code == 2 and "holds no maskgen manifest" in not_a_run.output and not_a_run.output.count("\n") == 1
     bad = invoke("train", "--set", f"manifest={prepared[0]}", "--set", f"landmarks={prepared[1]}", "--set", "online_masks=0.5",
                  "--set", "mask_type=n96", "--set", "max_steps=1")
     assert bad.exit_code == 2 and "online masks:" in bad.output and "n96" in bad.output

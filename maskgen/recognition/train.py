@@ -328,7 +328,12 @@ class Trainer:
         config = self.config
         if not (config.online_masks or config.paired_masks):
             return ()
-        points = landmarks_for(self.manifest, config.landmarks)
+        from maskgen.datasets.runs import RunError
+
+        try:
+            points = landmarks_for(self.manifest, config.landmarks)
+        except (RunError, OSError) as exc:
+            raise TrainError(f"landmarks = {config.landmarks!r}: {exc}") from None
         if not any(p is not None for p in points):
             raise TrainError(f"no image of {config.manifest} has landmarks in {config.landmarks}: "
                              "run `maskgen landmarks` over the folder of the training images")
