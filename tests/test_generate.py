@@ -93,10 +93,10 @@ def test_rerun_of_a_finished_run_does_nothing(clean_run):
 
 @pytest.fixture(scope="module")
 def big_tree(tmp_path_factory) -> Path:
-    """The sample faces ten times over (550 images, 79 shards of 7): a run long enough to be
-    interrupted mid-way, however fast the engine gets."""
+    """The sample faces twenty times over (1,100 images, 158 shards of 7; 2 variants each): a
+    run long enough (seconds) to be interrupted mid-way, however fast the engine gets."""
     root = tmp_path_factory.mktemp("big") / "faces"
-    for k in range(10):
+    for k in range(20):
         for person in FACES.iterdir():
             shutil.copytree(person, root / f"{person.name}_{k}")
     return root
@@ -105,7 +105,7 @@ def big_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def big_clean_run(big_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("big_clean") / "out"
-    result = invoke("generate", big_tree, out, "--shard-size", 7, "--workers", 1, "--quiet")
+    result = invoke("generate", big_tree, out, "--shard-size", 7, "--workers", 1, "--variants", 2, "--quiet")
     assert result.exit_code == 0, result.output
     return out
 
@@ -114,7 +114,7 @@ def start_driver(tree: Path, out: Path) -> subprocess.Popen:
     """`maskgen generate` (the installed console script) of `tree` in its own process group
     (so it and its Ray can be killed)."""
     cmd = [str(Path(sys.executable).with_name("maskgen")), "generate", str(tree), str(out),
-           "--shard-size", "7", "--workers", "1", "--quiet"]
+           "--shard-size", "7", "--workers", "1", "--variants", "2", "--quiet"]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -132,10 +132,10 @@ def test_resume_after_the_driver_is_killed(tmp_path, big_tree, big_clean_run):
     finally:
         kill_session(driver.pid)  # then the Ray it started, so that no worker writes on
     done_before = len(list((out / "stats").glob("*.json")))
-    assert 2 <= done_before < 79
+    assert 2 <= done_before < 158
     assert (out / ".maskgen-lock").is_file()  # a dead driver's lock: stale, taken over below
 
-    result = invoke("generate", big_tree, out, "--shard-size", 7, "--workers", 2, "--json")
+    result = invoke("generate", big_tree, out, "--shard-size", 7, "--workers", 2, "--variants", 2, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["plan"] == "resumed" and summary["shards_already_done"] == done_before
@@ -156,9 +156,9 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, big_tree, big_cle
         kill_session(driver.pid)
     assert driver.returncode == 130, err.decode()
     assert "re-run the same command" in err.decode()
-    assert len(list((out / "stats").glob("*.json"))) < 79  # stopped mid-run
+    assert len(list((out / "stats").glob("*.json"))) < 158  # stopped mid-run
     assert not (out / ".maskgen-lock").exists()  # released on Ctrl-C
-    result = invoke("generate", big_tree, out, "--shard-size", 7, "--workers", 2, "--quiet")
+    result = invoke("generate", big_tree, out, "--shard-size", 7, "--workers", 2, "--variants", 2, "--quiet")
     assert result.exit_code == 0, result.output
     assert_same_run(big_clean_run, out)
 
