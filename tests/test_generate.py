@@ -110,10 +110,15 @@ def big_clean_run(big_tree, tmp_path_factory) -> Path:
     return out
 
 
+# The maskgen CLI, started so that Ctrl-C raises KeyboardInterrupt in it whatever the test
+# process's own SIGINT disposition is (a child inherits an ignored SIGINT, and then Python
+# installs no handler of its own).
+_CLI = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from maskgen.cli import app; sys.exit(app())"
+
+
 def start_driver(tree: Path, out: Path) -> subprocess.Popen:
-    """`maskgen generate` (the installed console script) of `tree` in its own process group
-    (so it and its Ray can be killed)."""
-    cmd = [str(Path(sys.executable).with_name("maskgen")), "generate", str(tree), str(out),
+    """`maskgen generate` of `tree` in its own process group (so it and its Ray can be killed)."""
+    cmd = [sys.executable, "-c", _CLI, "generate", str(tree), str(out),
            "--shard-size", "7", "--workers", "1", "--variants", "2", "--quiet"]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -150,11 +155,13 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, big_tree, big_cle
         while not list((out / "stats").glob("*.json")):
             assert driver.poll() is None, driver.stderr.read().decode()
             time.sleep(0.05)
+        at_signal = len(list((out / "stats").glob("*.json")))
         driver.send_signal(signal.SIGINT)
         _, err = driver.communicate(timeout=60)
     finally:
         kill_session(driver.pid)
-    assert driver.returncode == 130, err.decode()
+    done = len(list((out / "stats").glob("*.json")))
+    assert driver.returncode == 130, f"exit {driver.returncode}; {at_signal} then {done} of 158 shards done; {err.decode()}"
     assert "re-run the same command" in err.decode()
     assert len(list((out / "stats").glob("*.json"))) < 158  # stopped mid-run
     assert not (out / ".maskgen-lock").exists()  # released on Ctrl-C
