@@ -15,21 +15,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
+from maskgen.compiled import njit_cached
 
-def _jit(**options):
-    """numba.njit(cache=True) where a cache folder can be written, plain njit otherwise
-    (numba refuses cache=True at decoration time when it finds no writable folder)."""
-
-    def wrap(fn):
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return numba.njit(**options)(fn)
-
-    return wrap
+_jit = njit_cached
 
 
 # ------------------------------------------------------------------------------------------

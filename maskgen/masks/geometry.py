@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
+from maskgen.compiled import njit_cached
 from maskgen.masks.families import Fit
 
 MIDLINE = (27, 28, 29, 30, 33, 51, 57, 8)  # nose bridge -> nose tip -> lips -> chin
@@ -59,20 +59,11 @@ def anchor_grid(points: np.ndarray, fit: Fit, wear_shift: float = 0.0) -> np.nda
 
 
 def jit(**options):
-    """numba.njit(cache=True) where a cache folder can be written, plain njit otherwise
-    (as maskgen/faces/_shape_kernels.py): compiled once, then loaded from the cache. numpy's
-    error model (x / 0 is inf or nan, as in numpy, instead of a raised ZeroDivisionError):
-    numba's Python model checks every division, which keeps loops from vectorising (4x
-    slower here); every kernel guards its own divisions."""
-    options.setdefault("error_model", "numpy")
-
-    def wrap(fn):
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return numba.njit(**options)(fn)
-
-    return wrap
+    """maskgen.compiled.njit_cached with numpy's error model (x / 0 is inf or nan, as in
+    numpy, instead of a raised ZeroDivisionError): numba's Python model checks every
+    division, which keeps loops from vectorising (4x slower here); every kernel guards its
+    own divisions."""
+    return njit_cached(**{"error_model": "numpy", **options})
 
 
 @jit(nogil=True)
