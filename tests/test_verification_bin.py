@@ -110,6 +110,14 @@ def test_a_masked_copy_of_the_bin(lfw_like, tmp_path, mode):
     assert again.exit_code == 0 and read_bin(tmp_path / "again.bin").images == masked.images  # deterministic
 
 
+def test_the_masked_copy_never_overwrites_its_source(lfw_like, tmp_path):
+    source = tmp_path / "lfw.bin"
+    source.write_bytes(lfw_like[0].read_bytes())
+    result = invoke("pairs", "--from-bin", source, "-o", source)
+    assert result.exit_code == 2 and "is the --from-bin file itself" in result.output and result.output.count("\n") == 1
+    assert source.read_bytes() == lfw_like[0].read_bytes()
+
+
 def test_evaluate_reads_a_bin(lfw_like, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKGEN_CACHE", str(tmp_path / "cache"))
     result = invoke("evaluate", "--model", "dlib-resnet", "--pairs", lfw_like[0], "-o", tmp_path / "report", "--quiet")

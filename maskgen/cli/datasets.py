@@ -112,6 +112,8 @@ def _masked_bin(source: Path, out: Path, mode: str, mask_type: str, wear: str, s
         raise opt.fail(f"--mask: choose from {', '.join(MASK_MODES)}, not {mode!r}")
     if out.suffix not in (".bin", ".parquet"):
         raise opt.fail(f"-o {out}: give a .bin (masked verification file) or a .parquet (pairs)")
+    if out.resolve() == source.resolve():
+        raise opt.fail(f"-o {out} is the --from-bin file itself: write the masked copy under another name")
     try:
         options = MaskOptions.parse(type=mask_type, wear=wear)
         bins = read_bin(source)
