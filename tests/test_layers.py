@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "maskgen"
 
 # bottom to top; a module may import its own layer's modules or lower ones
 LAYERS = [
-    {"assets", "compiled", "errors", "files", "schemas", "images", "faces", "masks"},
+    {"assets", "compiled", "errors", "files", "schemas", "images", "recordio", "faces", "masks"},
     {"jobs"},
     {"pipeline"},
     {"datasets"},

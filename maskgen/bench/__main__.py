@@ -16,6 +16,7 @@ BENCHMARKS = {
     "align": ("maskgen.bench.align", "`maskgen align`: faces per CPU-second on the sample wild photos, per detector setting"),
     "train": ("maskgen.bench.train", "training images/s (SphereFace): in-memory batches vs the real manifest loader"),
     "evaluate": ("maskgen.bench.evaluate", "evaluation: pairs/s with a SphereFace checkpoint; protocol + report on 6,000 pairs"),
+    "formats": ("maskgen.bench.formats", "output formats: mxnet reads our .rec; generate and loader images/s per format; .rec join memory at 1M"),
     "video": ("maskgen.bench.video", "`maskgen video`: frames/s at 640x480 with one face, on one core"),
 }
 ALIASES = {"mask": "masking"}

@@ -32,6 +32,7 @@ def mask(
     quality: opt.Quality = None,
     qa_reject: opt.QAReject = False,
     qa_thresholds: opt.QAThresholds = "default",
+    output_format: opt.OutputFormat = "files",
     quiet: opt.Quiet = False,
 ) -> None:
     """Put masks on the faces in images or folders, in one process.
@@ -48,7 +49,7 @@ def mask(
             aligned=aligned, layout=layout, detector=detector, upsample=upsample, mask_type=mask_type, color=color,
             pattern=pattern, wear=wear, wear_jitter=wear_jitter, texture_weight=texture_weight, variants=variants,
             keep_original=keep_original, seed=seed, image_format=image_format, quality=quality, qa_reject=qa_reject, qa_thresholds=qa_thresholds,
-            landmarker=landmarker,
+            landmarker=landmarker, output_format=output_format,
         )
     except ValueError as exc:
         raise opt.fail(str(exc)) from None
@@ -80,6 +81,11 @@ def mask(
 
         try:
             rows = mask_images(found, out, config, on_image=advance, job=job)
+            if output_format == "rec":  # the one shard into insightface's layout under OUT/rec
+                from maskgen.jobs.local import MANIFEST_NAME, REC_SHARD
+                from maskgen.pipeline.containers import join_shards
+
+                join_shards([out / MANIFEST_NAME], [out / REC_SHARD], out / "rec")
         except OSError as exc:
             raise opt.fail(f"cannot write to {out}: {exc.strerror or exc}") from None
     if not quiet:

@@ -121,6 +121,8 @@ def print_summary(summary, console: Console, label: str = "generate") -> None:
         console.print(f"[bold red]shard {index} failed:[/bold red] {escape(error)}", highlight=False, soft_wrap=True)
     if summary.failed_shards:
         console.print("[red]incomplete run[/red]: re-run the same command to retry the failed shards")
+    if getattr(summary, "finished", ""):
+        console.print(escape(summary.finished), highlight=False, soft_wrap=True)
     print_outputs(summary, console)
 
 

@@ -22,7 +22,7 @@ Force = Annotated[bool, typer.Option("--force", help="Break OUT_DIR's lock even 
 
 
 def generate(
-    in_tree: Annotated[Path, typer.Argument(help="Aligned face tree <root>/<identity>/<image> (with --input-list: the root its relative paths start from).", show_default=False)],
+    in_tree: Annotated[Path, typer.Argument(help="Aligned face tree <root>/<identity>/<image>, or an insightface folder (train.rec + train.idx, e.g. faces_webface_112x112) (with --input-list: the root its relative paths start from).", show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="Output folder: images/, manifest/, plan/, stats/ go here (on a cluster, a path every node shares).", show_default=False)],
     variants: opt.Variants = 1,
     mask_type: opt.MaskType = "random",
@@ -42,6 +42,7 @@ def generate(
     quality: opt.Quality = None,
     qa_reject: opt.QAReject = False,
     qa_thresholds: opt.QAThresholds = "default",
+    output_format: opt.OutputFormat = "files",
     shard_size: Annotated[Optional[int], typer.Option("--shard-size", min=1, help="Images per shard: the unit of work, retry and resume. Default: up to 1000, fewer on a small tree so that every worker (--workers, else this machine's CPUs) gets two shards or more; a resumed run keeps its own.", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU of this machine, or of the cluster).")] = None,
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join (e.g. head:6379 or auto); default: start Ray on this machine.")] = None,
@@ -64,7 +65,7 @@ def generate(
             wear_jitter=wear_jitter, texture_weight=texture_weight, keep_original=keep_original,
             seed=seed, aligned=aligned, layout=layout, detector=detector, upsample=upsample,
             image_format=image_format, quality=quality, qa_reject=qa_reject, qa_thresholds=qa_thresholds,
-            landmarker=landmarker,
+            landmarker=landmarker, output_format=output_format,
         )
     except ValueError as exc:
         raise opt.fail(str(exc), as_json=as_json) from None
@@ -179,7 +180,7 @@ def align(
 
 
 def landmarks(
-    in_tree: Annotated[Path, typer.Argument(help="Face tree <root>/<identity>/<image> (aligned crops, or photos with --wild).", show_default=False)],
+    in_tree: Annotated[Path, typer.Argument(help="Face tree <root>/<identity>/<image> (aligned crops, or photos with --wild), or an insightface folder (train.rec + train.idx).", show_default=False)],
     out_dir: Annotated[Path, typer.Argument(help="Output folder: manifest/ (one row per image: its 68 points; pandas.read_parquet on it), plan/, stats/.", show_default=False)],
     aligned: opt.Aligned = True,
     layout: opt.Layout = "auto",

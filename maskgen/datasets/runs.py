@@ -74,6 +74,16 @@ def _plain_tree(root: Path) -> pd.DataFrame:
     )
 
 
+def _refuse_containers(run: Path) -> None:
+    """A run written with --output-format rec/webdataset/parquet has no image files to list."""
+    plan = run / "plan" / "plan.json"
+    fmt = json.loads(plan.read_text()).get("config", {}).get("output_format", "files") if plan.is_file() else "files"
+    if fmt != "files":
+        where = {"rec": run / "rec", "webdataset": run / "wds"}.get(fmt, run / "manifest")
+        raise RunError(f"{run} was written with --output-format {fmt}: its images are in {where}, not in files; "
+                       f"train on it directly (maskgen train --set manifest={where})")
+
+
 def collect_images(paths: list[Path]) -> tuple[pd.DataFrame, Counter]:
     """Every `ok` image of the runs (or plain <identity>/<image> trees) with an absolute
     path: columns path, identity, variant, mask_type, wear, src_path. Rows left out are
@@ -85,6 +95,7 @@ def collect_images(paths: list[Path]) -> tuple[pd.DataFrame, Counter]:
             frames.append(_plain_tree(Path(path)))
             continue
         run = open_run(path)
+        _refuse_containers(Path(path))
         df = run.read(columns).to_pandas()
         if "variant" not in df:  # an align run: every crop is an original
             df = df.assign(variant="original", mask_type="", wear="")

@@ -20,6 +20,7 @@ import pyarrow as pa
 from maskgen.datasets.pairs import paths_for_manifest
 from maskgen.datasets.runs import collect_images
 from maskgen.files import write_atomic, write_parquet
+from maskgen.pipeline.containers import assign_labels  # one label mapping: trainset's and the rec output's
 from maskgen.schemas import NUM_CLASSES_KEY, PATHS_BASE_KEY, PATHS_FROM_MANIFEST, TRAINING_SCHEMA
 
 # CASIA-WebFace identities that are also in LFW: drop them before testing on LFW.
@@ -69,16 +70,6 @@ def _balance(rows: pd.DataFrame, ratio: float, seed: int) -> tuple[pd.DataFrame,
     keep_masked = rank < rows.loc[masked, "identity"].map(allowed).fillna(0)
     kept = pd.concat([rows[~masked], rows[masked][keep_masked.to_numpy()]]).drop(columns="_key")
     return kept, int((~keep_masked).sum())
-
-
-def assign_labels(identities: list[str], previous: dict[str, int] | None) -> dict[str, int]:
-    """Contiguous labels by sorted name; previous labels are kept and new names appended."""
-    labels = dict(previous or {})
-    next_label = max(labels.values(), default=-1) + 1
-    for name in sorted(set(identities) - set(labels)):
-        labels[name] = next_label
-        next_label += 1
-    return {name: labels[name] for name in sorted(labels, key=labels.get)}
 
 
 def build_trainset(runs: list[Path], options: TrainsetOptions) -> tuple[pd.DataFrame, pd.DataFrame, dict, TrainsetSummary]:

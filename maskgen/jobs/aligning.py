@@ -16,10 +16,10 @@ from maskgen.errors import one_line
 from maskgen.faces.align import align_face, five_points, template_points
 from maskgen.faces.landmarks import Face, Landmarker, ShapePredictor
 from maskgen.faces.models import model_path
-from maskgen.files import write_atomic
 from maskgen.images import ImageError, decode_image, encode_image, output_format
 from maskgen.jobs.masking import check_relative
-from maskgen.jobs.protocol import OneByOne
+from maskgen.jobs.protocol import OneByOne, read_input
+from maskgen.jobs.sinks import as_sink
 from maskgen.schemas import ALIGN_SCHEMA, identity_of
 
 SELECTIONS = ("largest", "central", "all")
@@ -61,7 +61,7 @@ class AlignJob(OneByOne):
         except ValueError as err:
             return [_row(base, start, status="write_error", error=one_line(err))]
         try:
-            bgr = decode_image(Path(src).read_bytes()).bgr
+            bgr = decode_image(read_input(src)).bgr
         except ImageError as err:
             return [_row(base, start, status="decode_error", error=one_line(err))]
         except OSError as err:
@@ -113,11 +113,12 @@ class AlignJob(OneByOne):
         return f"{stem}{ext}" if index is None else f"{stem}_f{index}{ext}"
 
     def _write(self, base, start, crop, out_rel, out_root, **fields) -> dict:
+        row = _row(base, start, out_path=out_rel, status="ok", **fields)
         try:
-            write_atomic(Path(out_root) / out_rel, encode_image(crop, self.config.image_format, self.config.quality))
+            as_sink(out_root).put([row], {out_rel: encode_image(crop, self.config.image_format, self.config.quality)})
         except OSError as err:
             return _row(base, start, status="write_error", error=one_line(err), **fields)
-        return _row(base, start, out_path=out_rel, status="ok", **fields)
+        return row
 
 
 def _row(base: dict, start: float, **fields) -> dict:

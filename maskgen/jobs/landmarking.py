@@ -17,7 +17,7 @@ from maskgen.faces.landmarks import Face, Landmarker, to_gray
 from maskgen.faces.layouts import guess_layout
 from maskgen.images import ImageError, decode_image
 from maskgen.jobs.masking import check_relative, is_blank
-from maskgen.jobs.protocol import Input
+from maskgen.jobs.protocol import Input, read_input
 from maskgen.schemas import LANDMARKS_SCHEMA, identity_of
 
 
@@ -70,7 +70,7 @@ class LandmarkJob:
         row = {"identity": identity_of(rel), "src_path": rel, "status": "ok", "error": ""}
         try:
             check_relative(rel)
-            image = decode_image(Path(src).read_bytes())
+            image = decode_image(read_input(src))
         except ImageError as err:
             row.update(status=err.status, error=one_line(err))
             return row, None

@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from maskgen.files import text_path, write_parquet
+from maskgen.jobs import sinks
 from maskgen.jobs.masking import ImageJob, JobConfig
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
-from maskgen.schemas import CONFIG_KEY, SOURCE_ROOT_KEY, to_table
+from maskgen.schemas import CONFIG_KEY, MANIFEST_SCHEMA, SOURCE_ROOT_KEY
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .ppm .pgm .pbm .pnm .tif .tiff .webp .gif".split()
@@ -67,19 +70,41 @@ def mask_images(
     job: ImageJob | None = None,
 ) -> list[dict]:
     """Mask every found image into out_dir with `job` (default: a new ImageJob(config));
-    write the manifest last; return the rows."""
+    write the manifest last; return the rows. `config.output_format` other than files: the
+    images go into one container (REC_SHARD + .rec / .mask.rec, to be joined by
+    pipeline.containers.join_shards; WDS_SHARD; or the manifest's byte columns)."""
     job = job or ImageJob(config)
     rows: list[dict] = []
-    for start in range(0, len(found.images), BATCH_SIZE):
-        batch = [(path, rel, None) for path, rel in found.images[start : start + BATCH_SIZE]]
-        for image_rows in process_safely(job, batch, out_dir, config.variants, config.keep_original):
-            rows += image_rows
-            if on_image:
-                on_image(image_rows)
-    write_manifest(rows, out_dir / MANIFEST_NAME, found.root, config)
+    sink = open_sink(Path(out_dir), config.output_format)
+    try:
+        for start in range(0, len(found.images), BATCH_SIZE):
+            batch = [(path, rel, None) for path, rel in found.images[start : start + BATCH_SIZE]]
+            for image_rows in process_safely(job, batch, sink, config.variants, config.keep_original):
+                rows += image_rows
+                if on_image:
+                    on_image(image_rows)
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    write_manifest(rows, out_dir / MANIFEST_NAME, found.root, config, sink.schema(MANIFEST_SCHEMA))
     return rows
 
 
-def write_manifest(rows: list[dict], path: Path, source_root: Path, config: JobConfig) -> None:
+REC_SHARD = "rec/shards/shard-00000"  # under OUT: `mask --output-format rec`'s one shard, before the join
+WDS_SHARD = "wds/shard-000000.tar"
+
+
+def open_sink(out_dir: Path, output_format: str):
+    if output_format == "rec":
+        return sinks.RecShardSink(out_dir / REC_SHARD, out_dir)
+    if output_format == "webdataset":
+        return sinks.TarShardSink(out_dir / WDS_SHARD, out_dir)
+    if output_format == "parquet":
+        return sinks.ParquetSink()
+    return sinks.FilesSink(out_dir)
+
+
+def write_manifest(rows: list[dict], path: Path, source_root: Path, config: JobConfig, schema=MANIFEST_SCHEMA) -> None:
     metadata = {SOURCE_ROOT_KEY: source_root, CONFIG_KEY: json.dumps(config.__dict__, default=str)}
-    write_parquet(path, to_table(rows), metadata)
+    write_parquet(path, pa.Table.from_pylist(rows, schema=schema), metadata)

@@ -5,7 +5,6 @@ Ray actor; `process` / `process_batch` never raise for a bad input: every failur
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ import numpy as np
 
 from maskgen.errors import one_line
 from maskgen.faces.landmarks import Face, Landmarker, to_gray
-from maskgen.files import write_atomic
 from maskgen.images import Decoded, ImageError, color_mode, decode_image, encode_image, encode_mask, format_name, output_format
-from maskgen.jobs.protocol import Input
+from maskgen.jobs.protocol import Input, read_input
+from maskgen.jobs.sinks import as_sink, check_format
 from maskgen.masks import quality as qa
 from maskgen.masks.grading import grey_grade
 from maskgen.masks.options import MaskOptions, MaskSpec, variant_seed
@@ -44,6 +43,7 @@ class JobConfig:
     quality: int | None = None  # JPEG quality; None = the input's own estimated quality
     qa_reject: bool = False  # a render failing the QA checks becomes a qa_reject row, its image unwritten
     qa_thresholds: str = "default"  # the QA checks' thresholds: "default" or "key=value,..." (masks.quality)
+    output_format: str = "files"  # files | rec | webdataset | parquet (jobs.sinks): the container changes the bytes, so it is hashed
     # batched (maskgen's numba engine) or dlib: the same landmarks, so not part of the config hash
     landmarker: str = field(default="batched", metadata={"same_output": True})
 
@@ -112,11 +112,11 @@ class ImageJob:
             batch.append(self._timed(self._read, _Item(src, rel, landmarks)))
             size += batch[-1].image.bgr.nbytes if batch[-1].image else 0
             if size >= BATCH_BYTES:
-                done += self._finish(batch, Path(out_root))
+                done += self._finish(batch, out_root)
                 batch, size = [], 0
-        return done + self._finish(batch, Path(out_root))
+        return done + self._finish(batch, out_root)
 
-    def _finish(self, batch: list[_Item], out_root: Path) -> list[list[dict]]:
+    def _finish(self, batch: list[_Item], out_root) -> list[list[dict]]:
         self._aligned_landmarks(batch)
         for stage in (self._find_faces, self._render):
             for item in batch:
@@ -143,7 +143,7 @@ class ImageJob:
         except ValueError as err:
             return self._failed(item, "write_error", err)
         try:
-            data = Path(item.src).read_bytes()
+            data = read_input(item.src)
             item.image = decode_image(data)
             item.color_mode = color_mode(item.image)
             item.base["color_mode"] = item.color_mode
@@ -240,19 +240,20 @@ class ImageJob:
         row.update(variant="original", out_path=out_rel, _payload={out_rel: payload})
         return row
 
-    def _write_all(self, item: _Item, out_root: Path) -> None:
-        rows = item.rows
+    def _write_all(self, item: _Item, out_root) -> None:
+        """Each output image (with its occlusion) through the sink: files under `out_root`, or
+        the shard's container (jobs.sinks); the rows of its faces go with it."""
+        rows, sink = item.rows, as_sink(out_root)
         for row in rows:
             payload = row.pop("_payload", None)
             if not payload:
                 continue
+            group = [r for r in rows if r.get("out_path") == row["out_path"]]
             try:
-                for rel, data in payload.items():
-                    write_atomic(os.path.join(out_root, rel), data)
+                sink.put(group, payload)
             except OSError as err:
-                for r in rows:
-                    if r.get("out_path") == row["out_path"]:
-                        r.update(status="write_error", error=one_line(err), out_path="", mask_path="")
+                for r in group:
+                    r.update(status="write_error", error=one_line(err), out_path="", mask_path="")
 
     # -- rows --------------------------------------------------------------------------
 
@@ -321,6 +322,7 @@ def build_job_config(
     qa_reject: bool = False,
     qa_thresholds: str = "default",
     landmarker: str = "batched",
+    output_format: str = "files",
 ):
     """A JobConfig from user-facing options; ValueError naming the option when one is wrong."""
     from maskgen.faces.landmarks import DETECTORS, ENGINES
@@ -346,6 +348,7 @@ def build_job_config(
         aligned=aligned, layout=layout, detector=detector, upsample=upsample, variants=variants,
         keep_original=keep_original, seed=seed, mask=mask.to_dict(), image_format=format_name(image_format),
         quality=quality, qa_reject=qa_reject, qa_thresholds=_checked_thresholds(qa_thresholds), landmarker=landmarker,
+        output_format=check_format(output_format),
     )
 
 

@@ -12,7 +12,13 @@ from maskgen.schemas import identity_of
 
 INTERNAL_ERROR = "internal error:"  # how the error of a row for a bug (not a bad image) starts
 BATCH_SIZE = 128  # inputs callers hand to process_batch at once (progress moves per batch)
-Input = tuple[Path, str, "object | None"]  # (file, path relative to the input root, known landmarks 68x2)
+Input = tuple[Path, str, "object | None"]  # (source, path relative to the input root, known landmarks 68x2)
+
+
+def read_input(src) -> bytes:
+    """An input's bytes: `src` is a path, or anything with `read_bytes()` (a Path, a record of a
+    .rec: maskgen.recordio.RecordRef). Its errors are OSErrors (RecordError is one)."""
+    return src.read_bytes() if hasattr(src, "read_bytes") else Path(src).read_bytes()
 
 
 def process_safely(job, inputs: list[Input], out_root: Path, n_masked: int, keep_original: bool) -> list[list[dict]]:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from maskgen.files import write_atomic
-from maskgen.pipeline.inputs import InputError, WalkReport, read_input_list, walk_tree
+from maskgen.pipeline import containers
+from maskgen.pipeline.inputs import InputError, WalkReport, input_entries
 from maskgen.pipeline.lock import LockHeld, RunLock, acquire, read_lock
 from maskgen.pipeline.paths import OutputLayout, remove_stale_temps, remove_stale_temps_tree
 from maskgen.pipeline.plan import Plan, load_plan, prepare_plan, retry_plan
@@ -58,6 +59,7 @@ class GenerateSummary:
     shards_done_now: int = 0
     failed_shards: dict = field(default_factory=dict)  # shard -> error
     stopped: str = ""  # a fatal error (disk full, read-only, no permission) stopped the run early
+    finished: str = ""  # what the complete run's container output got at the end (e.g. the .rec join)
     retries: int = 0
     images_this_run: int = 0
     elapsed_s: float = 0.0  # the whole call: planning, Ray start, processing
@@ -133,7 +135,7 @@ def _generate_locked(request: GenerateRequest, reporter: Reporter, lock: RunLock
         remove_stale_temps(folder)
     done = _done_shards(layout, plan, request.retry_failed)
     summary = GenerateSummary(
-        out_dir=str(layout.root), images_dir=str(layout.images), manifest_dir=str(layout.manifest),
+        out_dir=str(layout.root), images_dir=str(containers.images_dir(layout, plan)), manifest_dir=str(layout.manifest),
         plan=outcome, inputs=plan.n_inputs, shards_total=plan.n_shards, shards_already_done=len(done),
         skipped_hidden=walk_report.hidden,
     )
@@ -144,7 +146,10 @@ def _generate_locked(request: GenerateRequest, reporter: Reporter, lock: RunLock
     if todo and outcome in ("resumed", "retried"):
         remove_stale_temps_tree(layout.images)  # before any worker starts: no temp is in use
     if todo:
+        containers.invalidate(layout, plan)
         _process(request, plan, layout, todo, summary, reporter, lock, already=sum(s["inputs"] for s in done.values()))
+    if summary.complete:
+        summary.finished = containers.finish(layout, plan)
     if outcome == "retried" and summary.complete:
         _adopt_fingerprint(layout, plan, done)
     summary.elapsed_s = round(time.perf_counter() - started, 2)
@@ -167,11 +172,10 @@ def _retry_plan(request: GenerateRequest, layout: OutputLayout, reporter: Report
     now, "retried", the walk report. It writes nothing (dry run or not)."""
     if request.overwrite:
         raise InputError("--retry-failed keeps the run in OUT_DIR; --overwrite replaces it: choose one")
+    if getattr(request.config, "output_format", "files") != "files":
+        raise InputError("--retry-failed works with --output-format files only (a shard's container is rewritten whole): re-run with --overwrite")
     walk_report = WalkReport()
-    if request.input_list:
-        entries = read_input_list(request.input_list, request.input_root)
-    else:
-        entries = walk_tree(request.input_root, walk_report)
+    entries = input_entries(request.input_root, request.input_list, walk_report)
     plan = retry_plan(layout, _counting(entries, reporter), config=request.config,
                       may_change=request.retry_may_change, shard_size=request.shard_size)
     return plan, "retried", walk_report
@@ -191,10 +195,7 @@ def _adopt_fingerprint(layout: OutputLayout, plan: Plan, kept: dict[int, dict]) 
 def _plan(request: GenerateRequest, layout: OutputLayout, reporter: Reporter, dry_run: bool = False):
     """(plan, "new" | "resumed" | "replaced", walk report) of the request's inputs in `layout`."""
     walk_report = WalkReport()
-    if request.input_list:
-        entries = read_input_list(request.input_list, request.input_root)
-    else:
-        entries = walk_tree(request.input_root, walk_report)
+    entries = input_entries(request.input_root, request.input_list, walk_report)
     plan, outcome = prepare_plan(
         layout, _counting(entries, reporter), config=request.config, shard_size=request.shard_size,
         workers_hint=request.workers or os.cpu_count() or 1, max_shard_size=request.max_shard_size,

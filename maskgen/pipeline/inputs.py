@@ -1,4 +1,5 @@
-"""Inputs as a stream of sorted entries: an `<root>/<identity>/<image>` tree or an input list.
+"""Inputs as a stream of sorted entries: an `<root>/<identity>/<image>` tree, an input list,
+or an insightface record folder (`train.rec` + `train.idx`, see maskgen.recordio).
 
 Nothing here holds the whole input in memory: the tree is walked one identity folder at a
 time, and lists are read in batches. The order is fixed (see `walk_tree`) so that shards,
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from maskgen.files import InputError, text_path  # noqa: F401 - InputError: raised here, defined with the file rules
+from maskgen.recordio import REC_NAME, FaceRec, RecordError, RecordRef, is_face_rec, open_reader
 
 LIST_SUFFIXES = (".parquet", ".csv", ".txt")
 LANDMARK_VALUES = 136  # 68 (x, y) pairs, flattened
@@ -173,3 +175,58 @@ def read_input_list(list_path: Path, root: Path) -> Iterator[Entry]:
             except OSError:
                 size, mtime_ns = -1, -1
             yield Entry(str(identity), rel, size, mtime_ns, _landmarks(record.get("landmarks"), where))
+
+
+# -- insightface record folders --------------------------------------------------------
+
+IDENTITY_DIGITS = 7  # labels as zero-padded names: name order = label order (so trainset keeps the numbers)
+KEY_DIGITS = 8
+UNREADABLE_IDENTITY = "unreadable"  # a record whose header cannot be read: the job gives it a decode_error row
+
+
+def record_rel(label: int, key: int) -> str:
+    """The stable path a record stands for: `<label>/<record index>.jpg`, as in a tree."""
+    identity = f"{label:0{IDENTITY_DIGITS}d}" if label >= 0 else UNREADABLE_IDENTITY
+    return f"{identity}/{key:0{KEY_DIGITS}d}.jpg"
+
+
+def record_key(rel: str) -> int:
+    return int(PurePosixPath(rel).stem)
+
+
+def read_face_rec(folder: Path) -> Iterator[Entry]:
+    """Every image record of an insightface folder, in record order (one header read each).
+    Its size and mtime in the fingerprint: the record's offset and the .rec's mtime."""
+    try:
+        rec = FaceRec(folder)
+        mtime_ns = (Path(folder) / REC_NAME).stat().st_mtime_ns
+        keys = rec.image_keys()
+    except RecordError as exc:
+        raise InputError(str(exc)) from None
+    for key in keys:
+        key = int(key)
+        try:
+            label, offset = rec.label(key), rec.reader.offset(key)
+        except RecordError:
+            label, offset = -1, -1
+        rel = record_rel(label, key)
+        yield Entry(rel.split("/", 1)[0], rel, offset, mtime_ns)
+
+
+def input_entries(root: Path, input_list: Path | None, report: WalkReport) -> Iterator[Entry]:
+    """The entries of a run: its input list, its record folder, or its tree."""
+    if input_list:
+        return read_input_list(input_list, root)
+    if is_face_rec(root):
+        return read_face_rec(root)
+    return walk_tree(root, report)
+
+
+def input_source(root: Path):
+    """rel -> what a job reads (`read_bytes()`): the file under `root`, or the record it names
+    (the record folder's reader is opened once per process)."""
+    root = Path(root)
+    if is_face_rec(root):
+        reader = open_reader(root / REC_NAME)
+        return lambda rel: RecordRef(reader, record_key(rel))
+    return lambda rel: root / rel

@@ -1,6 +1,9 @@
 """Where a run keeps its files under OUT_DIR.
 
-    OUT_DIR/images/<identity>/...        masked images and occlusion masks (written by ImageJob)
+    OUT_DIR/images/<identity>/...        masked images and occlusion masks (written by ImageJob; --output-format files)
+    OUT_DIR/rec/shards/shard-00000.rec   --output-format rec: a shard's images (.mask.rec: occlusions), joined into
+    OUT_DIR/rec/train.rec, train.idx, property, occlusion.rec/.idx, manifest.parquet  when the run completes
+    OUT_DIR/wds/shard-000000.tar         --output-format webdataset: a shard's samples
     OUT_DIR/manifest/shard-00000.parquet one manifest file per shard; the folder reads as one table
     OUT_DIR/plan/plan.json               input fingerprint, config hash, shard size
     OUT_DIR/plan/inputs.parquet          the sorted inputs; row group i = shard i
@@ -24,10 +27,13 @@ class OutputLayout:
         self.plan_file = self.plan_dir / "plan.json"
         self.inputs_file = self.plan_dir / "inputs.parquet"
         self.stats = self.root / "stats"
+        self.rec = self.root / "rec"
+        self.rec_shards = self.rec / "shards"
+        self.wds = self.root / "wds"
 
     def owned_dirs(self) -> tuple[Path, ...]:
         """What `--overwrite` may delete: only the folders a run creates, never OUT_DIR itself."""
-        return (self.images, self.manifest, self.plan_dir, self.stats)
+        return (self.images, self.manifest, self.plan_dir, self.stats, self.rec, self.wds)
 
     @staticmethod
     def shard_name(index: int, n_shards: int) -> str:
@@ -39,6 +45,13 @@ class OutputLayout:
 
     def stats_path(self, index: int, n_shards: int) -> Path:
         return self.stats / f"{self.shard_name(index, n_shards)}.json"
+
+    def rec_shard_base(self, index: int, n_shards: int) -> Path:
+        """`.rec` (images) and `.mask.rec` (occlusions) of a shard: this path plus those suffixes."""
+        return self.rec_shards / self.shard_name(index, n_shards)
+
+    def wds_shard(self, index: int) -> Path:
+        return self.wds / f"shard-{index:06d}.tar"  # WebDataset's own naming (brace-expandable)
 
 
 def temp_sibling(path: Path) -> Path:

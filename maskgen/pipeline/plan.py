@@ -259,7 +259,7 @@ def prepare_plan(
                     f"Re-run with --overwrite to replace it, or choose another output folder."
                 )
             outcome = "replaced"
-        elif any(_has_content(d) for d in (layout.images, layout.manifest, layout.stats)):
+        elif any(_has_content(d) for d in (layout.images, layout.manifest, layout.stats, layout.rec, layout.wds)):
             if not overwrite:
                 raise PlanMismatch(
                     f"{layout.root} holds images/manifest/stats but no plan file (an unknown or broken run). "

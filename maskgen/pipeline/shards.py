@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from maskgen.files import write_atomic, write_parquet
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
+from maskgen.pipeline.inputs import input_source
 from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan, read_inputs_slice
 
@@ -44,11 +45,25 @@ def fatal_write_error(rows: list[dict]) -> OSError | None:
     return None
 
 
-def process_entries(job, entries: list[dict], input_root: Path, images_root: Path, config: dict, pass_landmarks: bool) -> list[list[dict]]:
-    """Each entry's rows, in entry order, as one batch that never raises (see process_safely)."""
-    inputs = [
-        (Path(input_root) / e["rel"], e["rel"], e.get("landmarks") if pass_landmarks else None) for e in entries
-    ]
+def open_sink(layout: OutputLayout, config: dict, index: int, n_shards: int):
+    """Where shard `index` writes its images: files under images/, or its own container."""
+    from maskgen.jobs import sinks
+
+    output_format = config.get("output_format", "files")
+    if output_format == "rec":
+        return sinks.RecShardSink(layout.rec_shard_base(index, n_shards), layout.root)
+    if output_format == "webdataset":
+        return sinks.TarShardSink(layout.wds_shard(index), layout.root)
+    if output_format == "parquet":
+        return sinks.ParquetSink()
+    return sinks.FilesSink(layout.images)
+
+
+def process_entries(job, entries: list[dict], input_root: Path, images_root, config: dict, pass_landmarks: bool) -> list[list[dict]]:
+    """Each entry's rows, in entry order, as one batch that never raises (see process_safely).
+    `images_root`: the folder outputs go under, or the shard's sink (jobs.sinks)."""
+    source = input_source(input_root)  # a file under the root, or a record of a .rec
+    inputs = [(source(e["rel"]), e["rel"], e.get("landmarks") if pass_landmarks else None) for e in entries]
     results = process_safely(job, inputs, images_root, config.get("variants", 1), config.get("keep_original", False))
     for entry, rows in zip(entries, results):
         for row in rows:
@@ -78,19 +93,25 @@ def process_shard(
     todo = [e for e in entries if e["rel"] not in kept]
     fresh: dict[str, list[dict]] = {}
     done, failed = len(entries) - len(todo), 0
-    for start in range(0, len(todo), BATCH_SIZE):
-        batch = todo[start : start + BATCH_SIZE]
-        results = process_entries(job, batch, input_root, layout.images, plan.config, pass_landmarks)
-        if fatal := fatal_write_error([row for entry_rows in results for row in entry_rows]):
-            raise fatal
-        for entry, entry_rows in zip(batch, results):
-            fresh[entry["rel"]] = entry_rows
-            failed += sum(row["status"] != "ok" for row in entry_rows)
-            done += 1
-            if on_progress:
-                on_progress(done, failed)
+    sink = open_sink(layout, plan.config, index, plan.n_shards)
+    try:
+        for start in range(0, len(todo), BATCH_SIZE):
+            batch = todo[start : start + BATCH_SIZE]
+            results = process_entries(job, batch, input_root, sink, plan.config, pass_landmarks)
+            if fatal := fatal_write_error([row for entry_rows in results for row in entry_rows]):
+                raise fatal
+            for entry, entry_rows in zip(batch, results):
+                fresh[entry["rel"]] = entry_rows
+                failed += sum(row["status"] != "ok" for row in entry_rows)
+                done += 1
+                if on_progress:
+                    on_progress(done, failed)
+        sink.commit()  # the shard's container before its manifest: a manifest never names a missing one
+    except BaseException:
+        sink.abort()
+        raise
     rows = [row for e in entries for row in (kept.get(e["rel"]) or fresh[e["rel"]])]
-    write_parquet(layout.manifest_path(index, plan.n_shards), pa.Table.from_pylist(rows, schema=job.schema))
+    write_parquet(layout.manifest_path(index, plan.n_shards), pa.Table.from_pylist(rows, schema=sink.schema(job.schema)))
     stats = shard_stats(rows) | {
         "shard": index,
         "inputs": len(entries),

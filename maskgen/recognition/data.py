@@ -5,6 +5,11 @@ least `path` (absolute, or relative to the folder holding the manifest file or f
 (contiguous ints 0..C-1); `identity` and `variant` are read when present. C comes from the
 schema metadata `maskgen.num_classes` when present, else max(label) + 1.
 
+The images may also sit in containers (recognition.containers): an insightface folder
+(`train.rec` + `train.idx`, e.g. `generate --output-format rec`'s OUT/rec), WebDataset tar
+shards (`--output-format webdataset`), or a Parquet manifest whose `image` column holds the
+bytes (`--output-format parquet`); their rows then read through `Manifest.store`.
+
 Images are decoded to RGB uint8 (BGR decodes converted once, here) and handed over as
 uint8 N x 3 x H x W; mirroring and (x - 127.5) / 128 happen on the training device.
 A file that cannot be decoded is skipped and reported with its batch (the trainer stops
@@ -61,6 +66,8 @@ class Manifest:
     num_classes: int
     is_masked: np.ndarray  # per row, variant == "masked" (all False when the column is absent)
     sources: np.ndarray  # per row, its source photo (identity/src_path) as bytes: what a validation split keeps together
+    store: object = None  # reads a row's image bytes by its key (a container, recognition.containers); None: paths are files
+    keys: np.ndarray | None = None  # per row, its key in `store`
 
     @property
     def masked(self) -> int:
@@ -68,11 +75,26 @@ class Manifest:
 
     def subset(self, rows: np.ndarray) -> Manifest:
         return replace(self, paths=self.paths[rows], labels=self.labels[rows], is_masked=self.is_masked[rows],
-                       sources=self.sources[rows])
+                       sources=self.sources[rows], keys=None if self.keys is None else self.keys[rows])
+
+    def read(self, row: int) -> bytes:
+        """Row `row`'s encoded image; ImageError when it cannot be read."""
+        try:
+            if self.store is not None:
+                return self.store.read(int(self.keys[row]))
+            return Path(self.paths[row].decode()).read_bytes()
+        except OSError as exc:
+            raise ImageError("unreadable", f"cannot read file: {exc.strerror or exc}") from None
 
 
 def read_manifest(manifest: str | Path, image_root: str | Path = "") -> Manifest:
+    """A training manifest, or a container of images (see the module's docstring)."""
+    from maskgen.recognition import containers
+
     manifest = Path(manifest)
+    found = containers.read_container(manifest)
+    if found is not None:
+        return found
     files = manifest_files(manifest)
     root = Path(image_root) if image_root else manifest.parent
     paths, labels, masked, declared, sources = [], [], [], [], []
@@ -121,7 +143,10 @@ def split_validation(manifest: Manifest, fraction: float, seed: int = 0) -> tupl
 
 
 def unreadable_share(manifest: Manifest) -> tuple[float, list[str]]:
-    """(share of the manifest's image files that do not exist, a few of them)."""
+    """(share of the manifest's image files that do not exist, a few of them); a container's rows
+    were all found in it."""
+    if manifest.store is not None:
+        return 0.0, []
     missing = [p.decode() for p in manifest.paths if not os.path.isfile(p)]
     return len(missing) / max(1, len(manifest.paths)), missing[:3]
 
@@ -145,6 +170,11 @@ def decode_bgr(path: str) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError("unreadable", f"cannot read file: {exc.strerror or exc}") from None
+    return decode_encoded(data)
+
+
+def decode_encoded(data: bytes) -> np.ndarray:
+    """decode_bgr's decoding, of bytes already read (a container's record)."""
     if data.startswith(JPEG_START) and data.endswith(JPEG_END):
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if bgr is not None:
@@ -171,7 +201,7 @@ class ManifestDataset(Dataset):
         path = self.manifest.paths[index].decode()
         label = int(self.manifest.labels[index])
         try:
-            bgr = decode_bgr(path)
+            bgr = decode_encoded(self.manifest.read(index))
             points = self.points[index] if self.points is not None else None
             twin = None
             if self.paired and points is not None:
