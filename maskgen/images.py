@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
+import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,9 +317,6 @@ _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "T
                "PPM": ".ppm"}
 _WRITABLE = {f: ext for f, ext in _EXTENSIONS.items() if cv2.haveImageWriter("x" + ext)}
 _ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "MPO": "JPEG", "TIF": "TIFF"}
-# Masks: no filtering + level 1 is ~5x faster than the adaptive filters and as small.
-_PNG_MASK = ([cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-             if hasattr(cv2, "IMWRITE_PNG_FILTER") else [cv2.IMWRITE_PNG_COMPRESSION, 1])
 DEFAULT_QUALITY = 95
 
 
@@ -343,11 +343,37 @@ def encode_image(bgr: np.ndarray, format: str, quality: int | None = None) -> by
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
-    """HxW uint8 mask (0/255) -> 8-bit greyscale PNG bytes, fast (level 1, no filtering)."""
+    """HxW uint8 mask (0/255) -> 8-bit greyscale PNG bytes, fast: no filtering, deflated at
+    level 1 with zlib's run-length strategy by a compressor kept per thread (~40% smaller than
+    cv2's level 1 and about a third faster: cv2.imencode set up libpng and zlib on every call)."""
     if isinstance(mask, np.ndarray) and mask.dtype == np.bool_:
         mask = mask.view(np.uint8) * np.uint8(255)
     _check_array(mask, "mask", channels=(None,))
-    return _imencode(".png", mask, _PNG_MASK)
+    h, w = mask.shape
+    rows = cv2.copyMakeBorder(mask, 0, 0, 1, 0, cv2.BORDER_CONSTANT, value=0)  # each row led by its filter type: 0, none
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", _zlib_stream(rows)), _PNG_IEND))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DEFLATERS = threading.local()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def _zlib_stream(data: np.ndarray) -> bytes:
+    """A complete zlib stream of `data` from this thread's raw deflater: its blocks up to a
+    full flush (which resets it: the next stream shares nothing with this one), then an empty
+    final block and the Adler-32 checksum. (A new compressor per mask costs as much as the
+    compression.)"""
+    deflater = getattr(_DEFLATERS, "deflater", None)
+    if deflater is None:
+        deflater = _DEFLATERS.deflater = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    blocks = deflater.compress(data) + deflater.flush(zlib.Z_FULL_FLUSH)
+    # 0x78 0x01: deflate, 32 KiB window, fastest level; 0x03 0x00: an empty final block (fixed codes)
+    return b"".join((b"\x78\x01", blocks, b"\x03\x00", struct.pack(">I", zlib.adler32(data))))
 
 
 def _encode_params(name: str, quality: int | None) -> list[int]:

@@ -449,6 +449,26 @@ def test_encode_mask_roundtrip():
         encode_mask(mask.astype(np.float32))
 
 
+@pytest.mark.parametrize("shape", [(150, 150), (1, 1), (1, 7), (9, 1), (97, 145), (640, 480)])
+def test_encode_mask_is_lossless_for_every_decoder(shape):
+    """The hand-made PNG (one zlib stream per mask from a compressor reused per thread): the
+    same pixels through cv2, PIL and decode_image, for binary masks and any uint8 values, mask
+    after mask (each stream is independent of the one before)."""
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    binary = (rng.random(shape) < 0.4).astype(np.uint8) * 255
+    blobs = np.zeros(shape, np.uint8)
+    blobs[shape[0] // 4 : shape[0] * 3 // 4 + 1, shape[1] // 5 :] = 255
+    any_values = rng.integers(0, 256, shape, dtype=np.uint8)
+    for mask in (binary, blobs, any_values, binary[:, ::-1], np.zeros(shape, np.uint8)):
+        data = encode_mask(mask)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), mask)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), mask)
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            assert im.mode == "L" and np.array_equal(np.asarray(im), mask)
+        assert np.array_equal(decode_image(data).bgr, np.repeat(mask[..., None], 3, 2))
+
+
 def test_output_format():
     assert output_format("JPEG") == ("JPEG", ".jpg")
     assert output_format("jpeg") == ("JPEG", ".jpg")

@@ -262,3 +262,45 @@ def test_the_compiled_spline_is_the_thin_plate_spline(chips):
                 expected = _thin_plate_reference((grid.reshape(-1, 2) - (x0, y0)) / scale, _TEMPLATE_XY * 0.8, query)
                 worst = max(worst, float(np.abs(lattice.reshape(-1, 2) - expected).max()))
     assert worst < 1e-3, worst
+
+
+def test_the_compiled_steps_are_the_cv2_calls_they_replace(chips):
+    """The render's compiled replacements of cv2 calls, against those calls: the grey (every
+    colour exactly), the light cells' blur (to float rounding), the template maps (the
+    spline's lattice through cv2.resize and cv2.convertMaps: the same fixed-point samples on
+    all but a few pixels in a million, a 1/32 px step there) and the pattern's plane."""
+    from maskgen.masks import render
+    from maskgen.masks.templates import TEMPLATE_H, TEMPLATE_W, pattern, template, template_at
+
+    colours = np.arange(1 << 24, dtype=np.uint32).view(np.uint8).reshape(4096, 4096, 4)[..., :3].copy()
+    assert np.array_equal(render._box_gray(colours, 0, 0, 4096, 4096), cv2.cvtColor(colours, cv2.COLOR_BGR2GRAY))
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1), (2, 7), (5, 3), (13, 19), (30, 40)):
+        small = rng.random(shape, np.float32) * 200
+        expected = cv2.GaussianBlur(small, (0, 0), 1.0)
+        assert np.allclose(render._blur_small(small, render._LIGHT_BLUR), expected, rtol=1e-6, atol=1e-4), shape
+
+    differ = total = 0
+    for image, points in chips[::3]:
+        for fam in all_families().values():
+            grid = anchor_grid(points, fam.fit, 0.3)
+            x0, y0, x1, y1 = render._mask_box(grid, image.shape, 7)
+            w, h = x1 - x0, y1 - y0
+            for zoom in (1.0, 0.6):
+                maps, fractions = render._template_maps(grid, x0, y0, w, h, zoom)
+                fine = cv2.resize(render._coarse_lattice(grid, x0, y0, w, h, zoom), (w, h), interpolation=cv2.INTER_LINEAR)
+                cv_maps, cv_fractions = cv2.convertMaps(fine, None, cv2.CV_16SC2)
+                differ += int(((maps != cv_maps).any(2) | (fractions != cv_fractions)).sum())
+                total += w * h
+    assert differ <= total * 1e-5, (differ, total)
+
+    texture = template("surgical")
+    expected = texture.copy()
+    expected[..., 3] = pattern("dots")[17 : 17 + TEMPLATE_H, 29 : 29 + TEMPLATE_W]
+    assert np.array_equal(render._with_pattern(texture, pattern("dots"), 17, 29), expected)
+
+    # a small face's template: the cached shrunk planes with the pattern's window shrunk on its own
+    # are the whole patterned template shrunk (cv2's area filter treats each channel alike)
+    small = render._with_pattern(template_at("surgical", (97, 73)), cv2.resize(expected[..., 3], (97, 73), interpolation=cv2.INTER_AREA), 0, 0)
+    assert np.array_equal(small, cv2.resize(expected, (97, 73), interpolation=cv2.INTER_AREA))

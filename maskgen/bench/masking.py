@@ -1,6 +1,7 @@
 """`maskgen bench`: where the time goes per image, on one core.
 
-Per stage (decode, landmarks, fit + render, qa, encode), run a batch at a time as ImageJob does,
+Per stage (decode, landmarks, fit + render, qa, encode, write: the masked image and its
+occlusion PNG, as ImageJob writes them, into tmpfs where there is one), run a batch at a time as ImageJob does,
 on distinct faces made from the sample chips (each chip, mirrored and slightly turned:
 the landmark step costs about twice as much on a new face as on one it has just seen), at
 the chips' native 150x150 and as 112x96 SphereFace crops. Then end to end through
@@ -28,6 +29,7 @@ from maskgen.assets import sample_faces
 from maskgen.bench._args import at_least, prog
 from maskgen.faces.align import align_face, five_points
 from maskgen.faces.landmarks import Landmarker, to_gray
+from maskgen.files import write_atomic
 from maskgen.images import decode_image, encode_image, encode_mask
 from maskgen.jobs.protocol import BATCH_SIZE
 from maskgen.masks.options import MaskOptions, variant_seed
@@ -35,7 +37,7 @@ from maskgen.masks.quality import measure
 from maskgen.masks.render import render_mask
 
 TURNS = (-6, -3, 0, 3, 6)  # degrees: each chip and its mirror image, turned in the image plane
-STAGES = ("decode", "landmarks", "fit + render", "qa", "encode")  # qa: masks.quality.measure, every signal
+STAGES = ("decode", "landmarks", "fit + render", "qa", "encode", "write")  # qa: masks.quality.measure, every signal
 
 
 def distinct_faces(size: str, landmarker: Landmarker) -> list[bytes]:
@@ -60,26 +62,31 @@ def stage_times(data: list[bytes], n: int, landmarker: Landmarker) -> dict[str, 
     options = MaskOptions()
     items = [data[i % len(data)] for i in range(n)]
     totals = dict.fromkeys(STAGES, 0.0)
-    for start in range(0, n, BATCH_SIZE):
-        t0 = time.perf_counter()
-        images = [decode_image(raw) for raw in items[start : start + BATCH_SIZE]]
-        t1 = time.perf_counter()
-        faces = landmarker.aligned_batch([to_gray(image.bgr) for image in images])  # one call, as ImageJob
-        t2 = time.perf_counter()
-        rendered = [
-            render_mask(image.bgr, face.points, options.sample(variant_seed(0, str(start + i))))
-            for i, (image, face) in enumerate(zip(images, faces))
-        ]
-        t3 = time.perf_counter()
-        for image, face, out in zip(images, faces, rendered):
-            measure(face.points, out.occlusion, image.bgr.shape, image.bgr)  # as ImageJob: the photo before its mask
-        t4 = time.perf_counter()
-        for image, out in zip(images, rendered):
-            encode_image(out.image, "JPEG", image.jpeg_quality)
-            encode_mask(out.occlusion)
-        t5 = time.perf_counter()
-        for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            totals[key] += dt
+    with tempfile.TemporaryDirectory(dir=_memory_folder()) as out:
+        for start in range(0, n, BATCH_SIZE):
+            t0 = time.perf_counter()
+            images = [decode_image(raw) for raw in items[start : start + BATCH_SIZE]]
+            t1 = time.perf_counter()
+            faces = landmarker.aligned_batch([to_gray(image.bgr) for image in images])  # one call, as ImageJob
+            t2 = time.perf_counter()
+            rendered = [
+                render_mask(image.bgr, face.points, options.sample(variant_seed(0, str(start + i))))
+                for i, (image, face) in enumerate(zip(images, faces))
+            ]
+            t3 = time.perf_counter()
+            for image, face, done in zip(images, faces, rendered):
+                measure(face.points, done.occlusion, image.bgr.shape, image.bgr)  # as ImageJob: the photo before its mask
+            t4 = time.perf_counter()
+            payloads = [(encode_image(done.image, "JPEG", image.jpeg_quality), encode_mask(done.occlusion))
+                        for image, done in zip(images, rendered)]
+            t5 = time.perf_counter()
+            for i, (jpeg, png) in enumerate(payloads, start):
+                stem = os.path.join(out, f"id{i // 50:04d}", f"{i:06d}")
+                write_atomic(stem + ".jpg", jpeg)
+                write_atomic(stem + "_mask.png", png)
+            t6 = time.perf_counter()
+            for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+                totals[key] += dt
     return {k: v / n * 1e3 for k, v in totals.items()}
 
 
@@ -160,8 +167,9 @@ def run_bench(n: int, console: Console, rounds: int = 3) -> None:
     console.print(f"[dim]CLI end to end: `maskgen mask DIR -o OUT --aligned` pinned to one core, files {where}, "
                   "start-up removed; includes reading, writing files and the manifest. Landmarks on one face "
                   "repeated: dlib's model then stays in the CPU cache (a best case no real run sees). fit + render "
-                  "and qa run compiled numba kernels: the warm-up round loads them (compiled once, ~10 s, then "
-                  "loaded from numba's cache in ~0.5 s a process: start-up, not in these figures).[/dim]")
+                  "and qa run compiled numba kernels: the warm-up round loads them (compiled once, ~20 s, then "
+                  "loaded from numba's cache in well under a second a process: start-up, not in these figures). "
+                  "write: both files of a face (image, occlusion PNG) through files.write_atomic.[/dim]")
 
 
 def main(argv: list[str] | None = None) -> None:

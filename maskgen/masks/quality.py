@@ -23,8 +23,9 @@ The signals (every one a float; `QA_SIGNALS` lists them in order):
 
 The mean shape and the faceness model are in assets/faces/mean_shape68.json (how they were
 made is written in the file). Cost on one core, a 150x150 face: ~0.02 ms without the image,
-~0.055 ms with qa_face (was 0.03 and 0.09-0.10: the counts, sums and the faceness features
-are compiled numba kernels now, the same values to float rounding; cv2 still draws the
+~0.045-0.05 ms with qa_face (was 0.03 and 0.09-0.10: the counts, sums, the spill's AND and
+the faceness features are compiled numba kernels now, the same values to float rounding;
+the mask counts run over row slices with int32 counts, which vectorise; cv2 still draws the
 outline and samples the face's view). numpy, cv2 and numba load on first use, so that the CLI
 and the schemas can read QA_SIGNALS and parse thresholds without them; QA_FIELDS loads pyarrow."""
 
@@ -201,7 +202,7 @@ def measure(points, occlusion, image_shape: tuple, image=None, box=None) -> dict
             region = np.zeros((gy1 - gy0, gx1 - gx0), np.uint8)
             # the outline is monotone in y (each row crosses it twice): the convex fill draws it right, 2x faster
             cv2.fillConvexPoly(region, hull, 255, cv2.LINE_8, shift=4)
-            within = cv2.countNonZero(cv2.bitwise_and(region, occlusion[gy0:gy1, gx0:gx1]))
+            within = _kernels().count_both(region, occlusion[gy0:gy1, gx0:gx1])
         spill = (total - within) / (bw * bh)
 
     bx0, by0, bx1, by1 = box if box is not None else (0, 0, w, h)
@@ -245,9 +246,7 @@ def _signals(p, occlusion, w, h, mean, grow, hull, stats):
     c0, c1 = _slice(math.floor(x0), math.ceil(x1), w)
     count = 0
     for y in range(r0, r1):
-        row = occlusion[y]
-        for x in range(c0, c1):
-            count += 1 if row[x] else 0
+        count += _count_nonzero(occlusion[y, c0:c1])
     size = (r1 - r0) * (c1 - c0)
     coverage = count / size if size > 0 else 0.0
 
@@ -273,9 +272,7 @@ def _signals(p, occlusion, w, h, mean, grow, hull, stats):
 
     total = 0
     for y in range(occlusion.shape[0]):
-        row = occlusion[y]
-        for x in range(occlusion.shape[1]):
-            total += 1 if row[x] else 0
+        total += _count_nonzero(occlusion[y])
     g = 1 + grow
     gx0 = max(math.floor(tr + (x0 - tr) * g), 0)
     gy0 = max(math.floor(ti + (y0 - ti) * g), 0)
@@ -290,6 +287,28 @@ def _signals(p, occlusion, w, h, mean, grow, hull, stats):
     stats[5], stats[6], stats[7], stats[8], stats[9], stats[10], stats[11] = ar, ai, tr, ti, bw, bh, inside
     stats[12], stats[13], stats[14], stats[15] = gx0, gy0, gx1, gy1
     return True
+
+
+def _count_nonzero(row):
+    """Non-zero bytes of a row (compiled by _kernels): a row slice and an int32 count, so
+    that the loop vectorises (3x faster than indexing the 2-D mask with an int64 count)."""
+    count = np.int32(0)
+    for x in range(row.shape[0]):
+        count += np.int32(1) if row[x] else np.int32(0)
+    return count
+
+
+def _count_both(a, b):
+    """Pixels whose bitwise AND of a and b is non-zero, as cv2.countNonZero(cv2.bitwise_and(a,
+    b)) (compiled by _kernels: one pass, no new array)."""
+    count = 0
+    for y in range(a.shape[0]):
+        ra, rb = a[y], b[y]
+        row = np.int32(0)
+        for x in range(ra.shape[0]):
+            row += np.int32(1) if ra[x] & rb[x] else np.int32(0)
+        count += row
+    return count
 
 
 def _slice(start, stop, n):
@@ -346,11 +365,13 @@ def _kernels():
 
     from maskgen.masks.geometry import jit
 
-    global _slice, np
+    global _slice, _count_nonzero, np
     import numpy as np  # the kernels' np (this module loads numpy lazily)
 
     _slice = jit(nogil=True)(_slice)
-    return SimpleNamespace(signals=jit(nogil=True)(_signals), cells_logit=jit(nogil=True)(_cells_logit))
+    _count_nonzero = jit(nogil=True)(_count_nonzero)
+    return SimpleNamespace(signals=jit(nogil=True)(_signals), cells_logit=jit(nogil=True)(_cells_logit),
+                           count_both=jit(nogil=True)(_count_both))
 
 
 def face_view(image, a: complex, t: complex, size: int, region: tuple):

@@ -8,7 +8,7 @@ Drawn once per process (cached); a render only samples them."""
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
@@ -107,6 +107,36 @@ def _template(name: str, digest: str | None) -> np.ndarray:
     alpha = np.maximum(alpha, accent)
     planes = [alpha * 255, np.clip(relief, 0, 2) * RELIEF_SCALE, accent * 255, np.zeros_like(alpha)]
     return np.ascontiguousarray(np.dstack(planes).round().astype(np.uint8))
+
+
+def template_at(name: str, size: tuple[int, int]) -> np.ndarray:
+    """template(name) shrunk to size (w, h) with an area filter, as a render of a small face
+    samples it: cached per family and size (read-only), since the resize cost more than the
+    rest of such a render. (cv2's INTER_AREA treats every channel alike: the pattern's plane
+    can be shrunk on its own.)"""
+    fam = family(name)
+    return _template_at(fam.name, fam.digest, size)
+
+
+@lru_cache(maxsize=256)
+def _template_at(name: str, digest: str | None, size: tuple[int, int]) -> np.ndarray:
+    return _read_only(cv2.resize(_template(name, digest), size, interpolation=cv2.INTER_AREA))
+
+
+def texture_bgr_at(name: str, size: tuple[int, int]) -> np.ndarray | None:
+    """texture_bgr(name) shrunk to size as template_at shrinks the planes; None without a texture."""
+    fam = family(name)
+    return None if fam.texture_png is None else _texture_bgr_at(fam.name, fam.digest, size)
+
+
+@lru_cache(maxsize=256)
+def _texture_bgr_at(name: str, digest: str | None, size: tuple[int, int]) -> np.ndarray:
+    return _read_only(cv2.resize(_texture_bgr(name, digest)[0], size, interpolation=cv2.INTER_AREA))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False  # shared by every render
+    return array
 
 
 def texture_bgr(name: str) -> np.ndarray | None:
