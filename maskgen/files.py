@@ -1,6 +1,7 @@
 """Every file maskgen writes goes through here (and file names it cannot store are refused here): written under a temporary name in the same
 folder, then renamed, so a final name holds either the old content or all of the new one,
-never a partial file. No fsync: atomic against crashes of this process, not power loss."""
+never a partial file. Atomic against crashes of this process; `sync_files` and
+`write_atomic(durable=True)` also make it survive a crash of the machine (fsync)."""
 
 from __future__ import annotations
 
@@ -27,22 +28,49 @@ def _open_temp(path: str) -> tuple[int, str]:
         return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
+def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
     """Write `data` to `path` atomically; missing folders are made, the temp file is removed
-    on any error. (Plain os calls: this runs twice per image, and file objects cost more.)"""
+    on any error. (Plain os calls: this runs twice per image, and file objects cost more.)
+    `durable`: on disk when this returns (the data before the rename, then the folder's entry)."""
     fd, tmp = _open_temp(os.fspath(path))
     try:
         try:
             view = memoryview(data).cast("B")
             while view:
                 view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        if durable:
+            _fsync_folder(os.path.dirname(os.fspath(path)) or ".")
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def sync_files(paths) -> None:
+    """fsync each file, then each folder that holds one (so its name is on disk too)."""
+    folders = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(os.path.dirname(os.fspath(path)) or ".")
+    for folder in sorted(folders):
+        _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -411,3 +411,25 @@ def test_bad_options_are_clear_errors(tmp_path):
     assert result.exit_code == 2 and "--layout: unknown crop layout 'square'" in result.stderr
     result = invoke("generate", tmp_path / "nowhere", tmp_path / "out", "--json")
     assert result.exit_code == 2 and "input folder not found" in json.loads(result.stdout)["error"]
+
+
+def test_a_resume_clears_the_temp_files_of_unfinished_shards_only_and_syncs_its_shards(tmp_path, clean_run):
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out, symlinks=True)
+    shards = sorted((out / "manifest").glob("shard-*.parquet"))
+    folders = [{Path(p).parent.as_posix() for p in pq.read_table(s, columns=["src_path"]).column(0).to_pylist()} for s in shards]
+    last, done_only = folders[-1], set().union(*folders[:-1]) - folders[-1]
+    assert last and done_only
+    (out / "stats" / shards[-1].with_suffix(".json").name).unlink()  # the last shard: as if killed mid-way
+    killed = out / "images" / sorted(last)[0] / ".x.jpg.999-1-2.tmp"
+    unrelated = out / "images" / sorted(done_only)[0] / ".y.jpg.999-1-3.tmp"  # no shard to redo writes here
+    killed.write_bytes(b"half"), unrelated.write_bytes(b"other")
+
+    result = invoke("generate", FACES, out, "--shard-size", 7, "--workers", 1, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["shards_done_now"] == 1
+    assert not killed.exists() and unrelated.exists()  # images/ was not walked, only the redone shard's folders
+    stats = json.loads((out / "stats" / shards[-1].with_suffix(".json").name).read_text())
+    assert stats["sync_s"] >= 0  # its images and manifest were fsynced before this marker
+    unrelated.unlink()
+    assert_same_run(clean_run, out)

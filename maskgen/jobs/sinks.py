@@ -5,6 +5,7 @@ shard: a `.rec` (joined into insightface's train.rec when the run completes), a 
 A job hands a sink each written image with its rows (`put`); a container sink writes under
 temporary names and `commit` renames them into place before the shard's manifest is written,
 so a shard's container exists exactly when its manifest does (resume redoes both or neither).
+`written()`: the files a sink wrote, which the shard syncs to disk before its done marker.
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ class FilesSink:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.paths: list[str] = []
 
     def put(self, rows: list[dict], payload: dict[str, bytes]) -> None:
         for rel, data in payload.items():
-            write_atomic(os.path.join(self.root, rel), data)
+            path = os.path.join(self.root, rel)
+            write_atomic(path, data)
+            self.paths.append(path)
+
+    def written(self) -> list[str]:
+        return self.paths
 
     def schema(self, schema: pa.Schema) -> pa.Schema:
         return schema
@@ -85,6 +92,9 @@ class RecShardSink:
     def commit(self) -> None:
         self.masks.commit()
         self.images.commit()
+
+    def written(self) -> list[Path]:
+        return [p for p in (self.base.with_suffix(".rec"), self.base.with_suffix(".mask.rec")) if p.exists()]
 
     def abort(self) -> None:
         self.images.abort()
@@ -140,6 +150,9 @@ class TarShardSink:
         self.tar.close()
         os.replace(self.tmp, self.path)
 
+    def written(self) -> list[Path]:
+        return [self.path]
+
     def abort(self) -> None:
         self.tar.close()
         self.tmp.unlink(missing_ok=True)
@@ -155,6 +168,9 @@ class ParquetSink:
 
     def schema(self, schema: pa.Schema) -> pa.Schema:
         return schema.append(pa.field(IMAGE_COLUMN, pa.binary())).append(pa.field(OCCLUSION_COLUMN, pa.binary()))
+
+    def written(self) -> list[Path]:
+        return []  # the bytes are in the manifest
 
     def commit(self) -> None:
         pass

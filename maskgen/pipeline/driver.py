@@ -15,8 +15,8 @@ from maskgen.files import write_atomic
 from maskgen.pipeline import containers
 from maskgen.pipeline.inputs import InputError, WalkReport, input_entries
 from maskgen.pipeline.lock import LockHeld, RunLock, acquire, read_lock
-from maskgen.pipeline.paths import OutputLayout, remove_stale_temps, remove_stale_temps_tree
-from maskgen.pipeline.plan import Plan, load_plan, prepare_plan, retry_plan
+from maskgen.pipeline.paths import OutputLayout, remove_stale_temps
+from maskgen.pipeline.plan import Plan, load_plan, prepare_plan, retry_plan, shard_folders
 from maskgen.pipeline.progress import Reporter, SilentReporter
 from maskgen.pipeline.shards import not_ok_inputs, read_stats
 
@@ -144,7 +144,8 @@ def _generate_locked(request: GenerateRequest, reporter: Reporter, lock: RunLock
     todo = [i for i in range(plan.n_shards) if i not in done]
     reporter.planned(plan, outcome, len(done), walk_report)
     if todo and outcome in ("resumed", "retried"):
-        remove_stale_temps_tree(layout.images)  # before any worker starts: no temp is in use
+        for folder in shard_folders(layout, plan, todo):  # before any worker starts: no temp is in use
+            remove_stale_temps(layout.images / folder)
     if todo:
         containers.invalidate(layout, plan)
         _process(request, plan, layout, todo, summary, reporter, lock, already=sum(s["inputs"] for s in done.values()))
@@ -278,8 +279,11 @@ def _process(request, plan: Plan, layout: OutputLayout, todo: list[int], summary
         _add_stats(summary, stats)
         reporter.update(done_images, done_failed)
 
+    retried: set[int] = set()
+
     def on_retry(index: int, attempt: int, error: str) -> None:
         summary.retries += 1
+        retried.add(index)
         reporter.note(f"shard {index} failed (attempt {attempt}): {error}; retrying")
 
     def on_tick(images: int, failed: int) -> None:
@@ -308,6 +312,9 @@ def _process(request, plan: Plan, layout: OutputLayout, todo: list[int], summary
         summary.failed_shards = {i: outcome.failed[i] for i in sorted(outcome.failed)}
         summary.stopped = outcome.stopped
         ray.kill(board)
+        if not outcome.stopped:  # every shard is settled: a killed attempt's temp files can go
+            for folder in shard_folders(layout, plan, retried):
+                remove_stale_temps(layout.images / folder)
     finally:
         if started_here:
             ray.shutdown()

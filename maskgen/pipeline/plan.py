@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,6 +144,17 @@ def read_inputs_slice(path: Path, start: int, stop: int) -> list[dict]:
         if offset >= stop:
             break
     return pa.concat_tables(pieces).to_pylist() if pieces else []
+
+
+def shard_folders(layout: OutputLayout, plan: Plan, indices: Iterable[int]) -> set[str]:
+    """The folders (relative to images/) that shards `indices` write into: every output sits
+    beside its input's relative path, so only these can hold a killed run's temp files
+    (a resume clears them instead of walking all of images/)."""
+    folders = set()
+    for index in indices:
+        for entry in read_inputs_slice(layout.inputs_file, *plan.shard_range(index)):
+            folders.add(str(PurePosixPath(entry["rel"]).parent))
+    return folders
 
 
 def load_plan(layout: OutputLayout) -> Plan | None:

@@ -1,5 +1,7 @@
 """One shard, reader -> worker -> writer: read its slice of the plan, run ImageJob on each
-input, write the shard's manifest (temp name + rename), then its stats file (the done marker).
+input, write the shard's manifest (temp name + rename), sync its images and manifest to disk,
+then write its stats file (the done marker, synced too): a machine that crashes after a
+shard's marker has lost none of that shard.
 
 Runs inside a Ray actor, but nothing here knows about Ray.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maskgen.files import write_atomic, write_parquet
+from maskgen.files import sync_files, write_atomic, write_parquet
 from maskgen.jobs.protocol import BATCH_SIZE, process_safely
 from maskgen.pipeline.inputs import input_source
 from maskgen.pipeline.paths import OutputLayout
@@ -111,19 +113,23 @@ def process_shard(
         sink.abort()
         raise
     rows = [row for e in entries for row in (kept.get(e["rel"]) or fresh[e["rel"]])]
-    write_parquet(layout.manifest_path(index, plan.n_shards), pa.Table.from_pylist(rows, schema=sink.schema(job.schema)))
+    manifest = layout.manifest_path(index, plan.n_shards)
+    write_parquet(manifest, pa.Table.from_pylist(rows, schema=sink.schema(job.schema)))
+    synced = time.perf_counter()
+    sync_files([*sink.written(), manifest])
     stats = shard_stats(rows) | {
         "shard": index,
         "inputs": len(entries),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "cpu_s": round(time.process_time() - cpu_started, 3),  # this worker's CPU time for the shard
+        "sync_s": round(time.perf_counter() - synced, 3),  # fsync of its files: what durability costs
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "config_hash": plan.config_hash,
         "fingerprint": plan.fingerprint,
     }
     if retry_failed:
         stats["retried"] = len(todo)
-    write_atomic(layout.stats_path(index, plan.n_shards), json.dumps(stats, indent=1).encode())
+    write_atomic(layout.stats_path(index, plan.n_shards), json.dumps(stats, indent=1).encode(), durable=True)
     return stats
 
 
