@@ -6,8 +6,11 @@ never a partial file. Atomic against crashes of this process; `sync_files` and
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,17 +55,37 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
 
 
 def sync_files(paths) -> None:
-    """fsync each file, then each folder that holds one (so its name is on disk too)."""
-    folders = set()
+    """Put these files (data and names) on disk: one syncfs(2) per file system where Linux
+    has it (one journal commit: ~8 ms for 140 small files here, against ~50 ms for an fsync
+    each), else an fsync of each file and of each folder that holds one."""
+    paths = [os.fspath(p) for p in paths]
+    syncfs = _syncfs()
+    if syncfs is not None:
+        one_per_device = {os.stat(path).st_dev: path for path in paths}
+        for path in one_per_device.values():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if syncfs(fd) != 0:
+                    raise OSError(ctypes.get_errno(), f"syncfs failed: {os.strerror(ctypes.get_errno())}", path)
+            finally:
+                os.close(fd)
+        return
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        folders.add(os.path.dirname(os.fspath(path)) or ".")
-    for folder in sorted(folders):
+    for folder in sorted({os.path.dirname(path) or "." for path in paths}):
         _fsync_folder(folder)
+
+
+@functools.cache
+def _syncfs():
+    """libc's syncfs (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 
 
 def _fsync_folder(folder: str) -> None:

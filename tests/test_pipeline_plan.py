@@ -202,3 +202,19 @@ def test_the_landmark_engine_is_not_part_of_the_config_hash():
     default = config_hash(build_job_config())
     assert config_hash(build_job_config(landmarker="dlib")) == default
     assert config_hash(build_job_config(seed=1)) != default
+
+
+@pytest.mark.parametrize("with_syncfs", [True, False])
+def test_sync_files_puts_written_files_on_disk_and_names_a_missing_one(tmp_path, monkeypatch, with_syncfs):
+    from maskgen import files
+
+    if not with_syncfs:  # the portable path: an fsync per file and folder
+        monkeypatch.setattr(files, "_syncfs", lambda: None)
+    paths = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "y.png"]
+    for path in paths:
+        files.write_atomic(path, b"data")
+    files.sync_files(paths)  # raises on any failure
+    files.write_atomic(tmp_path / "marker.json", b"{}", durable=True)
+    assert (tmp_path / "marker.json").read_bytes() == b"{}"
+    with pytest.raises(FileNotFoundError):
+        files.sync_files([tmp_path / "gone.jpg"])
