@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test,recognition
 CONFIG ?= maskgen/recognition/configs/smoke.toml
 
-.PHONY: install demo test experiment bench bench-pipeline bench-landmarks bench-align bench-train bench-evaluate bench-video train evaluate clean
+.PHONY: install demo test experiment bench bench-pipeline bench-landmarks bench-align bench-train bench-evaluate bench-video bench-formats train evaluate clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ bench-evaluate: install
 
 bench-video: install
 	$(BIN)/python -m maskgen.bench video
+
+## .rec / WebDataset / Parquet: generate and loader images/s, the .rec join at 1M records;
+## MXNET_PYTHON=/path/to/python (mxnet 1.9.1 in its own venv) also checks mxnet reads our .rec
+bench-formats: install
+	$(BIN)/python -m maskgen.bench formats $(if $(MXNET_PYTHON),--mxnet-python $(MXNET_PYTHON))
 
 clean:
 	rm -rf out results .pytest_cache
