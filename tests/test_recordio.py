@@ -130,3 +130,12 @@ def test_mxnet_reads_what_we_write(face_rec):
     rows = [line.split() for line in out.stdout.splitlines()]
     assert [(int(k), int(label), bytes.fromhex(data)) for k, label, _, data in rows] == [
         (k, label, data) for k, (label, data) in enumerate(sample_images(), 1)]
+
+
+def test_a_rec_without_its_idx_is_named_not_taken_for_a_loose_file(tmp_path, face_rec):
+    from pipeline_helpers import invoke
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "train.rec").write_bytes((face_rec / "train.rec").read_bytes())
+    result = invoke("generate", tmp_path / "in", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2 and "has no train.idx beside it" in result.output and result.output.count("\n") == 1

@@ -219,6 +219,8 @@ def input_entries(root: Path, input_list: Path | None, report: WalkReport) -> It
         return read_input_list(input_list, root)
     if is_face_rec(root):
         return read_face_rec(root)
+    if (Path(root) / REC_NAME).is_file():
+        raise InputError(f"{Path(root) / REC_NAME} has no train.idx beside it: a record folder needs both")
     return walk_tree(root, report)
 
 
