@@ -5,6 +5,7 @@ runs in a subprocess, as a user runs it; nothing here is timed."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -96,3 +97,18 @@ def test_pipeline_memory_runs_through_its_child_process():
     result = bench("pipeline", "memory", "--files", "60", "--no-process")
     assert result.returncode == 0, result.stderr
     assert "planning 60 inputs" in result.stdout
+
+
+def test_pipeline_soak_refuses_a_kill_interval_of_zero():
+    result = bench("pipeline", "soak", "--kill-every", "0")
+    assert result.returncode == 2 and result.stderr.strip() == "error: --kill-every must be above 0 seconds"
+
+
+def test_pipeline_soak_kills_workers_and_finds_the_same_bytes():
+    """A small soak: workers really are SIGKILLed (kills > 0) and the run still ends complete
+    with the clean run's manifest and bytes."""
+    result = bench("pipeline", "soak", "--images", "2000", "--kill-every", "3", "--json", timeout=400)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["killed"]["kills"] >= 1 and figures["killed"]["complete"], figures
+    assert figures["same_rows"] and figures["same_bytes"] and figures["stray_temp_files"] == 0, figures

@@ -163,3 +163,30 @@ def test_an_unknown_key_in_a_later_section_stops_the_file_before_its_first_stage
     result = invoke("run", pipeline.write(sections))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.toml", "raw", "tiny.toml"]  # nothing written
     assert result.exit_code == 2 and "[evaluate] has unknown key 'modle'" in result.stderr
+
+
+def test_run_passes_dry_run_force_and_retry_failed_only_to_the_stages_that_have_them(tmp_path):
+    import typer
+
+    from maskgen.cli import app
+    from maskgen.cli.pipelines import load_pipeline
+
+    job = tmp_path / "job.toml"
+    job.write_text('[align]\ninput = "r"\noutput = "a"\n\n[generate]\ninput = "a"\noutput = "b"\n\n'
+                   '[train]\nconfig = "c.toml"\n')
+    align, generate, train = load_pipeline(job, typer.main.get_command(app))
+    flags = {"dry_run": True, "force": True, "retry_failed": True, "quiet": None, "json": None}
+    assert generate.argv(generate.tables[0], flags) == ["a", "b", "--dry-run", "--force", "--retry-failed"]
+    assert align.argv(align.tables[0], flags) == ["r", "a", "--dry-run", "--force"]  # align has no --retry-failed
+    assert train.argv(train.tables[0], flags) == ["--config", "c.toml"]
+
+
+def test_run_dry_run_plans_writes_nothing_and_skips_the_stages_without_one(tmp_path):
+    pipeline = Pipeline(tmp_path)
+    raw_photos(pipeline.raw)
+    sections = [s for s in pipeline.sections() if s[0] in ("align", "trainset")]
+    result = invoke("run", pipeline.write(sections), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "align --dry-run: a new run" in result.stdout  # the stage's own dry run printed its plan
+    assert "trainset" in result.stderr and "skipped, it has no --dry-run" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.toml", "raw", "tiny.toml"]  # nothing written

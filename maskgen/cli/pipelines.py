@@ -11,7 +11,8 @@ Every section is a `maskgen` command and its keys are that command's options wit
 `--no-keep-original`); the keys in POSITIONAL are its arguments. Running a stage runs the
 command itself, so a pipeline file and the command line can never disagree. A stage given as
 an array of tables (`[[evaluate]]`) runs once per table. `maskgen run`'s own --address,
---overwrite, --quiet and --json go to every stage whose command has them."""
+--overwrite, --dry-run, --force, --retry-failed, --quiet and --json go to every stage whose
+command has them; under --dry-run a stage without one is skipped (it would write)."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def run_stage(stage: Stage, run_flags: dict) -> None:
         code = stage.command.main(stage.argv(table, run_flags), prog_name=f"maskgen {stage.name}", standalone_mode=False)
         if code:  # the command printed its own one-line error
             raise typer.Exit(code)
-        if stage.name == "generate" and not (run_flags["quiet"] or run_flags["json"]):
+        if stage.name == "generate" and not (run_flags["quiet"] or run_flags["json"] or run_flags.get("dry_run")):
             from maskgen.cli.reports import print_inspection
             from maskgen.datasets.inspection import inspect_output
 
@@ -161,6 +162,9 @@ def run(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline file, e.g. pipelines/demo.toml.", show_default=False)],
     address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join; overrides the file.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace previous outputs made with other options.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only, in every stage that has --dry-run; skip the others (they would write).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Break an output folder's lock, in the stages that have --force.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run only the inputs whose rows are not ok, in the stages that have it (generate).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print each stage's summary as JSON (one object per line).")] = False,
     var: Annotated[Optional[list[str]], typer.Option("--var", help="NAME=VALUE: replaces {NAME} in the file's values (its [pipeline.vars] say which exist). Repeatable.")] = None,
@@ -172,9 +176,14 @@ def run(
         stages = load_pipeline(pipeline, commands, overrides)
     except PipelineError as exc:
         raise opt.fail(str(exc), as_json=as_json) from None
-    run_flags = {"address": address, "overwrite": overwrite or None, "quiet": quiet or None, "json": as_json or None}
+    run_flags = {"address": address, "overwrite": overwrite or None, "dry_run": dry_run or None, "force": force or None,
+                 "retry_failed": retry_failed or None, "quiet": quiet or None, "json": as_json or None}
     console = opt.console(stderr=True)
     for stage in stages:
+        if dry_run and "dry_run" not in stage.options():
+            if not (quiet or as_json):
+                console.print(f"[yellow]{stage.name}[/yellow] ({stage.source}): skipped, it has no --dry-run")
+            continue
         if not (quiet or as_json):
             console.rule(f"[bold]{stage.name}[/bold] ({stage.source})")
         run_stage(stage, run_flags)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tarfile
+import uuid
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
@@ -122,7 +123,7 @@ class TarShardSink:
     def __init__(self, path: Path, out_root: Path):
         self.path, self.out_root = Path(path), Path(out_root)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # as files.py names temps
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.PAX_FORMAT)
 
     def _add(self, name: str, data: bytes) -> None:

@@ -279,11 +279,8 @@ def _process(request, plan: Plan, layout: OutputLayout, todo: list[int], summary
         _add_stats(summary, stats)
         reporter.update(done_images, done_failed)
 
-    retried: set[int] = set()
-
     def on_retry(index: int, attempt: int, error: str) -> None:
         summary.retries += 1
-        retried.add(index)
         reporter.note(f"shard {index} failed (attempt {attempt}): {error}; retrying")
 
     def on_tick(images: int, failed: int) -> None:
@@ -304,17 +301,13 @@ def _process(request, plan: Plan, layout: OutputLayout, todo: list[int], summary
         processing = time.perf_counter()
         outcome = runner.run_shards(
             todo, workers=workers, make_worker=make_worker, max_attempts=request.max_attempts, board=board,
-            on_done=on_done, on_retry=on_retry,
-            on_tick=on_tick,
+            on_done=on_done, on_retry=on_retry, on_tick=on_tick, on_note=reporter.note,
         )
         summary.processing_s = round(time.perf_counter() - processing, 2)
         summary.workers_start_s = round(outcome.workers_ready_s, 2)
         summary.failed_shards = {i: outcome.failed[i] for i in sorted(outcome.failed)}
         summary.stopped = outcome.stopped
         ray.kill(board)
-        if not outcome.stopped:  # every shard is settled: a killed attempt's temp files can go
-            for folder in shard_folders(layout, plan, retried):
-                remove_stale_temps(layout.images / folder)
     finally:
         if started_here:
             ray.shutdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import time
 from collections import Counter, deque
@@ -20,11 +21,12 @@ import ray
 
 from maskgen.errors import one_line
 from maskgen.pipeline.paths import OutputLayout
-from maskgen.pipeline.plan import Plan
+from maskgen.pipeline.plan import Plan, read_inputs_slice, shard_folders
 from maskgen.pipeline.shards import FATAL_ERRNOS, process_shard
 
 PROGRESS_EVERY_S = 1.0  # how often a worker reports images done within a shard
 TICK_S = 0.5  # the driver's progress refresh (a board read) and ray.wait timeout
+START_TIMEOUT_S = 60.0  # a worker not placed on a node by then is given up on (see run_shards)
 
 
 class RunnerError(RuntimeError):
@@ -40,8 +42,24 @@ def connect(address: str | None, workers: int | None) -> tuple[int, bool]:
     started_here = not ray.is_initialized()
     if started_here:
         _init_ray(address, workers)
+    _ray_notices_to_stderr()
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return min(workers or cpus, cpus), started_here
+
+
+def _ray_notices_to_stderr() -> None:
+    """Ray prints cluster events on the driver's stdout ("Raylet is terminated..." when a node
+    dies), where `--json` prints its one line: send them to stderr."""
+    worker = getattr(ray._private, "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "to_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        return original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def _init_ray(address: str | None, workers: int | None) -> None:
@@ -91,7 +109,9 @@ class ProgressBoard:
 
 
 class ShardWorker:
-    """Holds one ImageJob (the dlib models load here, once) and processes whole shards."""
+    """Holds one ImageJob and processes whole shards. Made in two steps, so that the driver
+    can tell a worker that has no node to run on (its `ready` never returns) from one that
+    is loading its models (`load`, once: the dlib models, the compiled kernels)."""
 
     def __init__(
         self, config, plan_json: str, out_dir: str, input_root: str, board=None, fault: dict | None = None,
@@ -103,20 +123,28 @@ class ShardWorker:
             cv2.setNumThreads(1)  # one CPU per actor: OpenCV's own threads would oversubscribe
         except ImportError:
             pass
-        self.job = load_job_class(job_class)(config)
+        self.config, self.job_class, self.job = config, job_class, None
         self.plan = Plan.from_json(plan_json)
         self.layout = OutputLayout(Path(out_dir))
         self.input_root = Path(input_root)
         self.board = board
         self.fault = fault
         self.retry_failed = retry_failed  # redo only the inputs whose rows are not all ok
-        self.pass_landmarks = self.plan.has_landmarks and "landmarks" in signature(self.job.process).parameters
+        self.pass_landmarks = False
 
     def ready(self) -> str:
+        """The worker is placed and its process runs: host:pid."""
         return f"{socket.gethostname()}:{os.getpid()}"
 
-    def run_shard(self, index: int, attempt: int) -> dict:
+    def load(self) -> None:
+        self.job = load_job_class(self.job_class)(self.config)
+        self.pass_landmarks = self.plan.has_landmarks and "landmarks" in signature(self.job.process).parameters
+
+    def run_shard(self, index: int, attempt: int, dead_writers: tuple[int, ...] = ()) -> dict:
+        """Shard `index`; `dead_writers`: pids of killed workers that had it (their temp files go first)."""
         self._maybe_fail(index)
+        if dead_writers:
+            self._remove_temps_of(index, dead_writers)
         last = [0.0]
 
         def on_progress(done: int, failed: int) -> None:
@@ -130,9 +158,24 @@ class ShardWorker:
             pass_landmarks=self.pass_landmarks, on_progress=on_progress, retry_failed=self.retry_failed,
         )
 
+    def _remove_temps_of(self, index: int, pids: tuple[int, ...]) -> None:
+        """The temp files that killed workers left mid-write in this shard's folders: the
+        retry writes every final file again, but nothing would remove theirs (maskgen.files
+        names a temp .NAME.PID-...tmp; a pid is only matched with its dot and dash)."""
+        layout = self.layout
+        folders = {layout.images / f for f in shard_folders(layout, self.plan, [index])}
+        folders |= {layout.manifest, layout.stats, layout.rec_shards, layout.wds}  # and the containers' temps
+        stale = re.compile(r"\..+\.(" + "|".join(map(str, pids)) + r")-[0-9a-f-]+\.tmp")
+        for folder in folders:
+            if folder.is_dir():
+                for path in folder.glob(".*.tmp"):
+                    if stale.fullmatch(path.name):
+                        path.unlink(missing_ok=True)
+
     def _maybe_fail(self, index: int) -> None:
-        """Fault injection for tests: {"shard", "kind": crash|raise|oserror, "times", "marker_dir"}
-        (oserror: an OSError with "errno", a name such as "ENOSPC")."""
+        """Fault injection for tests: {"shard", "kind": crash|crash_writing|raise|oserror, "times",
+        "marker_dir"} (crash_writing: killed while writing its first image, whose temp file stays;
+        oserror: an OSError with "errno", a name such as "ENOSPC")."""
         fault = self.fault
         if not fault or fault["shard"] != index:
             return
@@ -142,6 +185,12 @@ class ShardWorker:
             return
         (markers / f"{index}-{os.getpid()}-{time.monotonic_ns()}").touch()
         if fault["kind"] == "crash":
+            os._exit(1)
+        if fault["kind"] == "crash_writing":
+            from maskgen.files import _open_temp  # the temp a real write makes, named as it names it
+
+            first = read_inputs_slice(self.layout.inputs_file, *self.plan.shard_range(index))[0]
+            _open_temp(str(self.layout.images / first["rel"]))
             os._exit(1)
         if fault["kind"] == "oserror":
             code = getattr(errno, fault["errno"])
@@ -173,15 +222,23 @@ def _short_error(exc: BaseException) -> str:
 class _Slot:
     actor: object
     task: object = None  # ObjectRef of ready() or run_shard()
-    shard: int | None = None  # None while starting
+    shard: int | None = None  # None while starting or idle
     attempt: int = 0
+    pid: int | None = None  # its worker process, once placed (ready)
+    loaded: bool = False  # its job is built: it takes shards
+    since: float = field(default_factory=time.monotonic)  # when its actor was made
+
+    @property
+    def unplaced(self) -> bool:
+        return self.pid is None
 
 
 @dataclass
 class RunOutcome:
     failed: dict[int, str] = field(default_factory=dict)  # shard -> last error, after all attempts
-    stopped: str = ""  # a fatal error (see fatal_error): no shard was started after it
+    stopped: str = ""  # a fatal error (see fatal_error), or no worker left: no shard was started after it
     workers_ready_s: float = 0.0  # until every first worker had its ImageJob built (model loading)
+    workers_lost: int = 0  # worker slots given up on: their actor could not be placed in time
 
 
 def run_shards(
@@ -194,78 +251,145 @@ def run_shards(
     on_done: Callable[[int, dict], None] = lambda i, s: None,
     on_retry: Callable[[int, int, str], None] = lambda i, a, e: None,
     on_tick: Callable[[int, int], None] = lambda images, failed: None,
+    on_note: Callable[[str], None] = lambda message: None,
+    start_timeout_s: float | None = None,
 ) -> RunOutcome:
     """Run `shards` on `workers` actors made by `make_worker`; return the shards given up on.
 
-    A worker only gets a shard once it is ready, so a worker that cannot be placed (or
-    starts slowly) never holds one up. `on_tick(images, failed)` reports in-flight counts.
-    A fatal error (a full or read-only OUT_DIR...) stops it: the shards in flight finish, no
-    other starts, none is retried.
+    A worker only gets a shard once its job is built, so a worker that cannot be placed (or
+    starts slowly) never holds one up; one not placed within `start_timeout_s` (default
+    START_TIMEOUT_S: its node left the cluster, or no CPU is free) is given up on and the
+    run goes on with the others; with none left it stops, the rest left for a re-run.
+    `on_tick(images, failed)` reports in-flight counts. A fatal error (a full or read-only
+    OUT_DIR...) stops it: the shards in flight finish, no other starts, none is retried.
     """
-    queue = deque(shards)
-    attempts: Counter = Counter()
-    outcome = RunOutcome()
-    start_failures, started, waiting = 0, time.perf_counter(), min(workers, len(shards))
-    slots = [_Slot(make_worker()) for _ in range(waiting)]
-    for slot in slots:
-        slot.task = slot.actor.ready.remote()
-    last_tick = 0.0
+    timeout = START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
+    run = _ShardRun(shards, workers, make_worker, max_attempts, board, on_done, on_retry, on_tick, on_note, timeout)
+    return run.run()
 
-    def assign(slot: _Slot) -> None:
+
+class _ShardRun:
+    """The scheduling state of one run_shards call (see there)."""
+
+    def __init__(self, shards, workers, make_worker, max_attempts, board, on_done, on_retry, on_tick, on_note, timeout):
+        self.queue, self.attempts, self.outcome = deque(shards), Counter(), RunOutcome()
+        self.dead_writers: dict[int, set[int]] = {}  # shard -> pids of the workers that died with it
+        self.make_worker, self.max_attempts, self.board, self.start_timeout_s = make_worker, max_attempts, board, timeout
+        self.on_done, self.on_retry, self.on_tick, self.on_note = on_done, on_retry, on_tick, on_note
+        self.started, self.last_tick = time.perf_counter(), 0.0
+        self.waiting = min(workers, len(shards))  # first workers not ready yet
+        self.start_failures = 0  # in a row: reset whenever a worker gets ready
+        self.slots = [self._new_slot() for _ in range(self.waiting)]
+
+    def run(self) -> RunOutcome:
+        try:
+            while self.queue or any(s.shard is not None for s in self.slots):
+                if not self.slots:
+                    self.outcome.stopped = (f"no worker left: none could be placed within {self.start_timeout_s:.0f} s "
+                                            "(a node left the cluster, or no CPU is free)")
+                    break
+                self._step()
+        finally:
+            for slot in self.slots:
+                ray.kill(slot.actor, no_restart=True)
+        return self.outcome
+
+    def _new_slot(self) -> _Slot:
+        slot = _Slot(self.make_worker())
+        slot.task = slot.actor.ready.remote()
+        return slot
+
+    def _step(self) -> None:
+        by_ref = {s.task: s for s in self.slots if s.task is not None}
+        ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=TICK_S) if by_ref else ([], [])
+        for ref in ready:
+            self._finished(by_ref[ref], ref)
+        self._give_up_unplaced()
+        now = time.monotonic()
+        if now - self.last_tick >= TICK_S:
+            self.last_tick = now
+            self.on_tick(*self._in_flight())
+        for slot in self.slots:  # idle slots pick up shards that came back for a retry
+            if slot.task is None and slot.loaded and self.queue:
+                self._assign(slot)
+
+    def _finished(self, slot: _Slot, ref) -> None:
+        try:
+            result = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            return self._failed(slot, exc)
+        if slot.pid is None:  # placed: now its models
+            slot.pid, slot.task = int(result.rpartition(":")[2]), slot.actor.load.remote()
+            return
+        if slot.shard is not None:
+            self.on_done(slot.shard, result)
+        elif not slot.loaded:
+            slot.loaded, self.start_failures = True, 0
+            if self.waiting:
+                self.waiting -= 1
+                self.outcome.workers_ready_s = time.perf_counter() - self.started
+        self._assign(slot)
+
+    def _failed(self, slot: _Slot, exc: Exception) -> None:
+        error = _short_error(exc)
+        if slot.shard is None:  # the worker failed to start: its job raised (models missing), or it was killed
+            if _raised(exc):  # a killed process (or node) is no reason to give up: a new one is made
+                self.start_failures += 1
+                if self.start_failures >= self.max_attempts * len(self.slots):
+                    raise RunnerError(f"workers could not start: {error}") from exc
+            return self._replace(slot)
+        if fatal_error(exc) and not self.outcome.stopped:
+            self.outcome.stopped = error
+            self.queue.clear()
+        _give_back(slot.shard, self.attempts, self.max_attempts, self.queue, self.outcome, self.on_retry, error)
+        if isinstance(exc, ray.exceptions.RayActorError):  # the process died: a new one
+            self.dead_writers.setdefault(slot.shard, set()).add(slot.pid)
+            return self._replace(slot)
+        self._assign(slot)
+
+    def _assign(self, slot: _Slot) -> None:
         slot.shard, slot.task = None, None
-        if queue:
-            slot.shard = queue.popleft()
-            attempts[slot.shard] += 1
-            slot.attempt = attempts[slot.shard]
-            slot.task = slot.actor.run_shard.remote(slot.shard, slot.attempt)
+        if self.queue:
+            slot.shard = self.queue.popleft()
+            self.attempts[slot.shard] += 1
+            slot.attempt = self.attempts[slot.shard]
+            dead = tuple(sorted(self.dead_writers.get(slot.shard, ())))
+            slot.task = slot.actor.run_shard.remote(slot.shard, slot.attempt, dead)
 
-    def replace(slot: _Slot) -> None:
+    def _replace(self, slot: _Slot) -> None:
         ray.kill(slot.actor, no_restart=True)
-        slot.actor, slot.shard = make_worker(), None
-        slot.task = slot.actor.ready.remote()
+        self.slots[self.slots.index(slot)] = self._new_slot()
 
-    try:
-        while queue or any(s.shard is not None for s in slots):
-            by_ref = {s.task: s for s in slots if s.task is not None}
-            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=TICK_S) if by_ref else ([], [])
-            for ref in ready:
-                slot = by_ref[ref]
-                try:
-                    result = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-                    error = _short_error(exc)
-                    if slot.shard is None:  # the worker failed to start (e.g. models missing)
-                        start_failures += 1
-                        if start_failures >= max_attempts * len(slots):
-                            raise RunnerError(f"workers could not start: {error}") from exc
-                        replace(slot)
-                        continue
-                    if fatal_error(exc) and not outcome.stopped:
-                        outcome.stopped = error
-                        queue.clear()
-                    _give_back(slot.shard, attempts, max_attempts, queue, outcome, on_retry, error)
-                    if isinstance(exc, ray.exceptions.RayActorError):  # the process died: a new one
-                        replace(slot)
-                        continue
-                else:
-                    if slot.shard is not None:
-                        on_done(slot.shard, result)
-                    elif waiting:
-                        waiting -= 1
-                        outcome.workers_ready_s = time.perf_counter() - started
-                assign(slot)
-            now = time.monotonic()
-            if now - last_tick >= TICK_S:
-                last_tick = now
-                keys = [(s.shard, s.attempt) for s in slots if s.shard is not None]
-                on_tick(*(ray.get(board.read.remote(keys)) if board is not None and keys else (0, 0)))
-            for slot in slots:  # idle slots pick up shards that came back for a retry
-                if slot.task is None and queue:
-                    assign(slot)
-    finally:
-        for slot in slots:
+    def _give_up_unplaced(self) -> None:
+        """Drop the slots whose actor is not placed after start_timeout_s: on a cluster that
+        lost a node, a replacement may never find a CPU, and waiting for it would wait forever."""
+        now = time.monotonic()
+        for slot in [s for s in self.slots if s.unplaced and now - s.since > self.start_timeout_s]:
             ray.kill(slot.actor, no_restart=True)
-    return outcome
+            self.slots.remove(slot)
+            self.outcome.workers_lost += 1
+            self.waiting = max(0, self.waiting - 1)
+            self.on_note(f"a worker found no node to run on within {self.start_timeout_s:.0f} s (no free CPU: "
+                         f"a node left the cluster?); going on with {len(self.slots)}")
+
+    def _in_flight(self) -> tuple[int, int]:
+        """Images done and failed in the shards running now (0, 0 without a board, or if its
+        node is gone: progress is not worth failing a run for)."""
+        keys = [(s.shard, s.attempt) for s in self.slots if s.shard is not None]
+        if self.board is None or not keys:
+            return 0, 0
+        try:
+            return ray.get(self.board.read.remote(keys), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            self.board = None
+            return 0, 0
+
+
+def _raised(exc: Exception) -> bool:
+    """The worker's own code raised (in __init__ or load), as opposed to its process dying."""
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return exc.actor_init_failed
+    return isinstance(exc, ray.exceptions.RayTaskError)
 
 
 def _give_back(shard, attempts, max_attempts, queue, outcome, on_retry, error: str) -> None:
@@ -278,5 +402,17 @@ def _give_back(shard, attempts, max_attempts, queue, outcome, on_retry, error: s
         outcome.failed[shard] = f"{error} (after {attempts[shard]} attempts)"
 
 
+class _DriverNodeBoard:
+    """`RemoteProgressBoard.remote()`: the board on the driver's own node, so that losing
+    another node never takes the run's progress with it."""
+
+    def remote(self):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        return _RemoteBoard.options(scheduling_strategy=here).remote()
+
+
 RemoteShardWorker = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ShardWorker)
-RemoteProgressBoard = ray.remote(num_cpus=0)(ProgressBoard)
+_RemoteBoard = ray.remote(num_cpus=0)(ProgressBoard)
+RemoteProgressBoard = _DriverNodeBoard()
