@@ -139,3 +139,21 @@ def test_a_rec_without_its_idx_is_named_not_taken_for_a_loose_file(tmp_path, fac
     (tmp_path / "in" / "train.rec").write_bytes((face_rec / "train.rec").read_bytes())
     result = invoke("generate", tmp_path / "in", tmp_path / "out", "--dry-run")
     assert result.exit_code == 2 and "has no train.idx beside it" in result.output and result.output.count("\n") == 1
+
+
+def test_landmarks_and_align_read_a_rec_folder_as_they_read_the_tree(tmp_path, face_rec):
+    import pandas as pd
+    from pipeline_helpers import ensure_ray, invoke
+
+    ensure_ray()
+    runs = {}
+    for name, source in (("rec", face_rec), ("tree", ALIGNED)):
+        result = invoke("landmarks", source, tmp_path / name, "--quiet")
+        assert result.exit_code == 0, result.output
+        runs[name] = pd.read_parquet(tmp_path / name / "manifest").sort_values("src_path")
+    assert list(runs["rec"].status) == ["ok"] * len(aligned_files())
+    # record order is the tree's sorted order, so row k of each is the same face: the same 68 points
+    assert [list(p) for p in runs["rec"].landmarks] == [list(p) for p in runs["tree"].landmarks]
+    aligned = invoke("align", face_rec, tmp_path / "aligned", "--quiet")
+    assert aligned.exit_code == 0, aligned.output
+    assert set(pd.read_parquet(tmp_path / "aligned" / "manifest").status) == {"ok"}
