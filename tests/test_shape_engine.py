@@ -197,14 +197,36 @@ def test_cache_of_parsed_arrays(tmp_path, monkeypatch):
     monkeypatch.setattr(ShapeEngine, "_loaded", {})
     path = model_path("landmarks5")
     first = ShapeEngine.load(path)
-    cached = list((tmp_path / "cache").glob("shape_predictor-*.npz"))
-    assert len(cached) == 1
+    cached = list((tmp_path / "cache").glob("shape_predictor-*"))
+    assert len(cached) == 1 and sorted(f.stem for f in cached[0].iterdir()) == sorted(first._m.FIELDS)
     monkeypatch.setattr(ShapeEngine, "_loaded", {})
     monkeypatch.setattr(shape_engine, "parse_shape_predictor", lambda data: pytest.fail("parsed again"))
+    monkeypatch.setattr(shape_engine.hashlib, "file_digest", lambda *a: pytest.fail("hashed again"))
     second = ShapeEngine.load(path)
     for name in second._m.FIELDS:
-        assert np.array_equal(getattr(first._m, name), getattr(second._m, name))
+        array = getattr(second._m, name)
+        assert np.array_equal(getattr(first._m, name), array)
+        assert not array.flags.writeable  # a read-only map of the cache, shared by every process
     assert ShapeEngine.load(path) is second  # and once per process
+
+
+def test_a_damaged_cache_is_parsed_again_and_replaced(tmp_path, monkeypatch, images):
+    monkeypatch.setenv("MASKGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ShapeEngine, "_loaded", {})
+    path = model_path("landmarks5")
+    box = chip_box(images[0])
+    first = ShapeEngine.load(path, cache=False)
+    expected, leaves = first.predict([images[0]], [box]), first._m.leaves
+    monkeypatch.setattr(ShapeEngine, "_loaded", {})
+    ShapeEngine.load(path)
+    [folder] = (tmp_path / "cache").glob("shape_predictor-*")
+    data = (folder / "leaves.npy").read_bytes()
+    (folder / "leaves.npy").unlink()  # (a new file: the maps of the loaded engine stay valid)
+    (folder / "leaves.npy").write_bytes(data[:1000])  # truncated
+    monkeypatch.setattr(ShapeEngine, "_loaded", {})
+    again = ShapeEngine.load(path)
+    assert np.array_equal(again.predict([images[0]], [box]), expected)
+    assert np.array_equal(np.load(folder / "leaves.npy"), leaves)  # rewritten whole
 
 
 def test_unwritable_cache_folder_is_no_cache(tmp_path, monkeypatch):

@@ -7,17 +7,19 @@ several times faster once the batch has a few dozen faces.
     points = engine.predict([photo], boxes, np.zeros(len(boxes), int))   # many faces, one photo
 
 The .dat file is parsed as dlib's deserialize reads it (shape_predictor.h, serialize.h,
-float_details.h) into arrays, cached as an .npz keyed by the file's sha256 in
-$MASKGEN_CACHE, else $XDG_CACHE_HOME/maskgen, else ~/.cache/maskgen (no cache when none of
-these can be written). The cascade then runs level by level for all faces together: the
+float_details.h) into arrays, cached as .npy files (memory-mapped: see _read_cache) keyed
+by the file's sha256 in $MASKGEN_CACHE, else $XDG_CACHE_HOME/maskgen, else ~/.cache/maskgen
+(no cache when none of these can be written). The cascade then runs level by level for all faces together: the
 feature pixels of every face, then each regression tree over every face while its leaves
 are in cache, adding the leaves in dlib's tree order in float32 so that the sum stays
 bit-exact (see _shape_kernels.py for the arithmetic)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -26,11 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskgen.files import cache_dir
+from maskgen.files import cache_dir, write_atomic
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (pixels), as dlib.rectangle takes them
 GRAY_MODES = ("cv2", "dlib")
-FORMAT = 1  # of the cached arrays; bump when their layout changes
+FORMAT = 2  # of the cached arrays; bump when their layout changes (2: a folder of .npy, memory-mapped)
 
 # dlib's pinv(P) for P = [[0, 1, 1], [0, 0, 1], [1, 1, 1]], the (0,0), (1,0), (1,1) points of
 # impl::unnormalizing_tform as homogeneous columns. dlib computes it by SVD and it is off the
@@ -163,6 +165,60 @@ def _validate(m: _Model) -> None:
         raise ModelFormatError("a split reads a feature pixel past the last one")
 
 
+def _digest(path: Path, key: tuple) -> str:
+    """The model file's sha256, remembered in the cache per (path, size, mtime) - the key this
+    process remembers engines by: reading and hashing the 100 MB file cost every worker
+    ~0.13 s at its start."""
+    memo = cache_dir() / "digests" / hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    try:
+        digest = memo.read_text()
+        if len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    with contextlib.suppress(OSError):  # a read-only cache: hashed again next time
+        write_atomic(memo, digest.encode())
+    return digest
+
+
+def _cache_folder(digest: str) -> Path:
+    return cache_dir() / f"shape_predictor-{digest}-v{FORMAT}"
+
+
+def _read_cache(digest: str) -> _Model | None:
+    """The cached arrays as read-only memory maps: the processes of a run share one copy of
+    the ~65 MB of leaves in the page cache (and in the CPU's shared cache: two workers
+    then predict as fast as one), and loading costs nothing. None: absent or damaged."""
+    folder = _cache_folder(digest)
+    try:
+        return _Model(*(np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+                        for name in _Model.FIELDS))
+    except (OSError, ValueError):  # absent, unreadable or damaged: parse again
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # damaged: the write below replaces it
+        return None
+
+
+def _write_cache(digest: str, model: _Model) -> None:
+    """One .npy per array in a folder that appears whole (renamed from a temp folder): a
+    concurrent reader sees no folder or all of it."""
+    folder = _cache_folder(digest)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for name in _Model.FIELDS:
+                np.save(tmp / f"{name}.npy", getattr(model, name), allow_pickle=False)
+            tmp.chmod(0o755)  # mkdtemp makes it private; a cache is as readable as the model
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; left when another process was first
+    except OSError:  # a read-only or full cache folder: run without the cache
+        pass
+
+
 class ShapeEngine:
     """A dlib shape predictor model, ready to run on batches of faces. Load with ShapeEngine.load(path)."""
 
@@ -198,48 +254,16 @@ class ShapeEngine:
         with cls._lock:
             if key in cls._loaded:
                 return cls._loaded[key]
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        model = cls._read_cache(digest) if cache else None
+        digest = _digest(path, key) if cache else None
+        model = _read_cache(digest) if digest else None
         if model is None:
-            model = parse_shape_predictor(data)
-            if cache:
-                cls._write_cache(digest, model)
-        del data
+            model = parse_shape_predictor(path.read_bytes())
+            if digest:
+                _write_cache(digest, model)
         engine = cls(model, path)
         with cls._lock:
             cls._loaded[key] = engine
         return engine
-
-    @staticmethod
-    def _cache_file(digest: str) -> Path:
-        return cache_dir() / f"shape_predictor-{digest}-v{FORMAT}.npz"
-
-    @classmethod
-    def _read_cache(cls, digest: str) -> _Model | None:
-        file = cls._cache_file(digest)
-        try:
-            with np.load(file, allow_pickle=False) as z:
-                return _Model(*(np.ascontiguousarray(z[name]) for name in _Model.FIELDS))
-        except (OSError, KeyError, ValueError):  # absent, unreadable or damaged: parse again
-            return None
-
-    @classmethod
-    def _write_cache(cls, digest: str, model: _Model) -> None:
-        file = cls._cache_file(digest)
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=file.name, suffix=".tmp", dir=file.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **{name: getattr(model, name) for name in _Model.FIELDS})
-                os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is as readable as the model
-                os.replace(tmp, file)  # atomic: a concurrent reader sees the old file or the whole new one
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except OSError:  # a read-only or full cache folder: run without the cache
-            pass
 
     # ---------------------------------------------------------------- running
 
