@@ -111,8 +111,13 @@ def color_mode(image: Decoded) -> str:
     "gray_rgb" (three equal channels: grey stored as colour) or "color"."""
     if image.mode in GRAY_MODES:
         return "gray"
-    b, g, r = cv2.split(image.bgr)
-    return "gray_rgb" if cv2.countNonZero(cv2.absdiff(b, g)) == 0 and cv2.countNonZero(cv2.absdiff(g, r)) == 0 else "color"
+    if not _equal_channels(image.bgr[::7, ::7]):  # a grid first: a colour photo is told at once (~3 us, not ~20)
+        return "color"
+    return "gray_rgb" if _equal_channels(image.bgr) else "color"
+
+
+def _equal_channels(bgr: np.ndarray) -> bool:
+    return np.array_equal(bgr[..., 0], bgr[..., 1]) and np.array_equal(bgr[..., 1], bgr[..., 2])
 
 
 def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Decoded:

@@ -5,6 +5,7 @@ Outputs mirror the inputs under the output folder; `manifest.parquet` holds a ro
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections import Counter
@@ -74,6 +75,7 @@ def mask_images(
     images go into one container (REC_SHARD + .rec / .mask.rec, to be joined by
     pipeline.containers.join_shards; WDS_SHARD; or the manifest's byte columns)."""
     job = job or ImageJob(config)
+    gc.freeze()  # what exists now (imports, models) lives to the end: the collector stops rescanning it (~30 us an image)
     rows: list[dict] = []
     sink = open_sink(Path(out_dir), config.output_format)
     try:

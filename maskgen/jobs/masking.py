@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -50,21 +50,30 @@ class JobConfig:
 
 def output_names(rel: str, ext: str, config: JobConfig) -> tuple[str | None, list[str]]:
     """(original's path or None, masked variants' paths), relative to the output root."""
-    path = PurePosixPath(rel)
-    stem = str(path.with_suffix(""))
+    stem, _ = split_suffix(rel)
     if config.variants == 1 and not config.keep_original:
         return None, [stem + ext]
     return (stem + ext if config.keep_original else None), [f"{stem}_m{k}{ext}" for k in range(config.variants)]
 
 
 def occlusion_name(image_rel: str) -> str:
-    return str(PurePosixPath(image_rel).with_suffix("")) + "_mask.png"
+    return split_suffix(image_rel)[0] + "_mask.png"
+
+
+def split_suffix(rel: str) -> tuple[str, str]:
+    """(rel without its suffix, the suffix), as PurePosixPath's with_suffix("") and suffix,
+    in plain string operations: a tenth of the cost, and this runs a few times per image."""
+    name = rel[rel.rfind("/") + 1 :]
+    dot = name.rfind(".")
+    if dot <= 0 or dot == len(name) - 1:  # ".hidden", "name.": no suffix
+        return rel, ""
+    return rel[: len(rel) - len(name) + dot], name[dot:]
 
 
 def check_relative(rel: str) -> None:
     """An output path must stay inside the output folder, whatever the input is named."""
-    path = PurePosixPath(rel)
-    if path.is_absolute() or ".." in path.parts or not path.parts:
+    parts = [part for part in rel.split("/") if part not in ("", ".")]  # PurePosixPath(rel).parts, less "/"
+    if rel.startswith("/") or ".." in parts or not parts:
         raise ValueError(f"unsafe relative path {rel!r}")
 
 
@@ -286,7 +295,7 @@ class ImageJob:
     @staticmethod
     def _keep_extension(rel: str, fmt: str, in_fmt: str, ext: str) -> str:
         """Keep the input's own extension (.jpeg, .JPG) when the format does not change."""
-        suffix = PurePosixPath(rel).suffix
+        suffix = split_suffix(rel)[1]
         return suffix if fmt == in_fmt and suffix else ext
 
 

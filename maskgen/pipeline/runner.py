@@ -6,6 +6,7 @@ is given up on (reported) while the others complete.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import re
@@ -138,6 +139,7 @@ class ShardWorker:
 
     def load(self) -> None:
         self.job = load_job_class(self.job_class)(self.config)
+        gc.freeze()  # the imports and models live as long as the worker: the collector stops rescanning them
         self.pass_landmarks = self.plan.has_landmarks and "landmarks" in signature(self.job.process).parameters
 
     def run_shard(self, index: int, attempt: int, dead_writers: tuple[int, ...] = ()) -> dict:
