@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.JpegImagePlugin import zigzag_index
 
 from maskgen.errors import one_line
 
@@ -144,6 +145,13 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Decoded:
 
 
 def _decode(data: bytes, max_pixels: int) -> Decoded:
+    plain = _plain_jpeg(data)
+    if plain is not None:  # the common case, without PIL's header parse (~30 us)
+        size, mode, table = plain
+        _check_size(size, max_pixels)
+        bgr = _decode_jpeg(data)
+        if bgr is not None and bgr.shape == (size[1], size[0], 3):
+            return Decoded(bgr, "JPEG", mode, _quality_from_table(table) if table else None)
     im = _open_header(data)
     _check_size(im.size, max_pixels)
     fmt, mode = im.format or "unknown", im.mode
@@ -170,6 +178,51 @@ def _open_header(data: bytes) -> Image.Image:
         raise ImageError("not_an_image", "not an image: unrecognised file format") from e
     except Exception as e:
         raise _load_error("image", e) from e
+
+
+def _plain_jpeg(data: bytes) -> tuple[tuple[int, int], str, tuple[int, ...] | None] | None:
+    """(size, mode, luminance quantization table in natural order) of a plain 8-bit grey or
+    colour JPEG, read from its markers up to the first scan as PIL's lazy open reads them;
+    None for anything else - EXIF (its orientation), MPO, CMYK, 12-bit, a malformed header -
+    which PIL then opens (and names the error of)."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    pos, size, mode, tables = 2, None, None, {}
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(segment) != length - 2:
+            return None
+        if marker == 0xDA:  # start of scan: the header is complete
+            return (size, mode, tables[min(tables)] if tables else None) if size else None
+        if marker == 0xDB:
+            found = _quantization_tables(segment)
+            if found is None:
+                return None
+            tables.update(found)
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3):
+                return None
+            size = int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big")
+            mode = "L" if segment[5] == 1 else "RGB"
+        elif (marker, segment[:4]) in ((0xE1, b"Exif"), (0xE2, b"MPF\x00")):
+            return None
+        pos += 2 + length
+    return None
+
+
+def _quantization_tables(segment: bytes) -> dict[int, tuple[int, ...]] | None:
+    """The tables of a DQT segment, as PIL's `quantization` (natural order); None if malformed."""
+    tables = {}
+    while segment:
+        wide = segment[0] >> 4  # 16-bit entries
+        end = 1 + 64 * (2 if wide else 1)
+        if len(segment) < end:
+            return None
+        values = struct.unpack(">64H", segment[1:end]) if wide else segment[1:end]
+        tables[segment[0] & 15] = tuple(values[i] for i in zigzag_index)
+        segment = segment[end:]
+    return tables
 
 
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
