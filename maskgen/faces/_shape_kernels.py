@@ -228,6 +228,9 @@ def predict(pixels, offsets, heights, widths, image_of, boxes, pinv, initial, sp
             shapes[n, k] = initial[k]
     features = np.empty((n_boxes, n_features), np.int16)
     which = np.empty(GROUP, np.uint64)
+    depth = 0  # of the trees: n_splits = 2**depth - 1 (dlib's trees are complete)
+    while (1 << depth) - 1 < n_splits:
+        depth += 1
 
     for level in range(n_levels):
         # extract_feature_pixel_values for every face
@@ -272,9 +275,17 @@ def predict(pixels, offsets, heights, widths, image_of, boxes, pinv, initial, sp
         while t0 + GROUP <= n_trees:
             for n in range(n_boxes):
                 feats = features[n]
+                # the GROUP trees walked in step, a depth at a time: independent chains of
+                # loads the CPU overlaps (one tree after the other: a tenth slower)
                 for g in range(GROUP):
-                    which[g] = _leaf(feats, split_idx1[level, t0 + g], split_idx2[level, t0 + g],
-                                     split_ithresh[level, t0 + g], last_split)
+                    which[g] = np.uint64(0)
+                for _ in range(depth):
+                    for g in range(GROUP):
+                        i = which[g]
+                        go_right = np.int32(feats[split_idx1[level, t0 + g, i]]) - np.int32(feats[split_idx2[level, t0 + g, i]]) <= split_ithresh[level, t0 + g, i]
+                        which[g] = i + i + _ONE + np.uint64(go_right)
+                for g in range(GROUP):
+                    which[g] -= last_split
                 l0 = leaves[level, t0, which[0]]
                 l1 = leaves[level, t0 + 1, which[1]]
                 l2 = leaves[level, t0 + 2, which[2]]

@@ -157,7 +157,8 @@ def _validate(m: _Model) -> None:
     levels, trees, splits = m.split_thresh.shape
     n_features = m.anchors.shape[1]
     if (m.split_idx.shape != (levels, trees, splits, 2) or m.leaves.shape != (levels, trees, splits + 1, dim)
-            or m.anchors.shape[0] != levels or m.deltas.shape != (levels, n_features, 2) or dim % 2):
+            or m.anchors.shape[0] != levels or m.deltas.shape != (levels, n_features, 2) or dim % 2
+            or (splits + 1) & splits):  # complete trees: the kernel walks them a depth at a time
         raise ModelFormatError("inconsistent shape predictor arrays")
     if m.anchors.size and (m.anchors.min() < 0 or m.anchors.max() >= dim // 2):
         raise ModelFormatError("an anchor index is past the last part")
