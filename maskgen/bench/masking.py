@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maskgen.assets import sample_faces
-from maskgen.bench._args import at_least, prog
+from maskgen.bench._args import at_least, memory_folder, prog
 from maskgen.faces.align import align_face, five_points
 from maskgen.faces.landmarks import Landmarker, to_gray
 from maskgen.files import write_atomic
@@ -62,7 +62,7 @@ def stage_times(data: list[bytes], n: int, landmarker: Landmarker) -> dict[str, 
     options = MaskOptions()
     items = [data[i % len(data)] for i in range(n)]
     totals = dict.fromkeys(STAGES, 0.0)
-    with tempfile.TemporaryDirectory(dir=_memory_folder()) as out:
+    with tempfile.TemporaryDirectory(dir=memory_folder()) as out:
         for start in range(0, n, BATCH_SIZE):
             t0 = time.perf_counter()
             images = [decode_image(raw) for raw in items[start : start + BATCH_SIZE]]
@@ -109,29 +109,24 @@ def _folder(root: Path, data: list[bytes], n: int) -> Path:
 
 
 def cli_ms_per_image(data: list[bytes], n: int, rounds: int) -> float:
-    """End to end through the CLI; (time(n) - time(n/5)) / (n - n/5) removes start-up.
-    Each count's fastest of `rounds` runs, each into a fresh folder."""
+    """End to end through the CLI; (time(5n) - time(n/5)) / (5n - n/5) removes start-up
+    (the start varies by ~0.1 s from run to run: over n images that alone moved the figure by
+    0.2 ms). Each count's fastest of `rounds` runs, each into a fresh folder."""
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     maskgen = str(Path(sys.executable).with_name("maskgen"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
     times = {}
-    with tempfile.TemporaryDirectory(dir=_memory_folder()) as tmp:
-        for count in (n // 5, n):
+    with tempfile.TemporaryDirectory(dir=memory_folder()) as tmp:
+        small, big = n // 5, 5 * n
+        for count in (small, big):
             src = _folder(Path(tmp) / f"in{count}", data, count)
             for r in range(rounds):
                 start = time.perf_counter()
                 out = Path(tmp) / f"out{count}-{r}"
                 subprocess.run([*pin, maskgen, "mask", str(src), "-o", str(out), "--aligned", "-q"], check=True, env=env)
                 times[count] = min(times.get(count, float("inf")), time.perf_counter() - start)
-    return (times[n] - times[n // 5]) / (n - n // 5) * 1e3
-
-
-def _memory_folder() -> str | None:
-    """tmpfs where there is one: it times maskgen, not the disk. (On this project's ext4 VM,
-    creating a file right after many were deleted costs ~0.3 ms instead of ~0.03 ms, which
-    would swamp the per-image figure.)"""
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+                shutil.rmtree(out)
+    return (times[big] - times[small]) / (big - small) * 1e3
 
 
 def run_bench(n: int, console: Console, rounds: int = 3) -> None:
@@ -163,9 +158,9 @@ def run_bench(n: int, console: Console, rounds: int = 3) -> None:
     for key in next(iter(columns.values())):
         table.add_row(key, *(column[key] for column in columns.values()))
     console.print(table)
-    where = "in memory (/dev/shm)" if _memory_folder() else "in the temp folder"
+    where = "in memory (/dev/shm)" if memory_folder() else "in the temp folder"
     console.print(f"[dim]CLI end to end: `maskgen mask DIR -o OUT --aligned` pinned to one core, files {where}, "
-                  "start-up removed; includes reading, writing files and the manifest. Landmarks on one face "
+                  f"start-up removed (runs of {n // 5} and {5 * n} images); includes reading, writing files and the manifest. Landmarks on one face "
                   "repeated: dlib's model then stays in the CPU cache (a best case no real run sees). fit + render "
                   "and qa run compiled numba kernels: the warm-up round loads them (compiled once, ~20 s, then "
                   "loaded from numba's cache in well under a second a process: start-up, not in these figures). "

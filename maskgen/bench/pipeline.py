@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from maskgen.bench._args import at_least, fail, prog
+from maskgen.bench._args import at_least, fail, memory_folder, prog
 from maskgen.jobs.protocol import OneByOne
 from maskgen.schemas import MANIFEST_SCHEMA
 
@@ -167,11 +167,11 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
     from maskgen.jobs.masking import build_job_config
 
     config = build_job_config()
-    work = Path(tempfile.mkdtemp(prefix="maskgen-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="maskgen-bench-", dir=memory_folder()))
     n, runs = n_images, []
     try:
         tree = make_tree(work / "tree", n)
-        print(f"{n} images, {rounds} rounds; {_busy_note()}", flush=True)
+        print(f"{n} images, {rounds} rounds, in {work.parent} (tmpfs where there is one); {_busy_note()}", flush=True)
         t = time.perf_counter()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         ray_start_s = time.perf_counter() - t
