@@ -433,3 +433,25 @@ def test_a_resume_clears_the_temp_files_of_unfinished_shards_only_and_syncs_its_
     assert stats["sync_s"] >= 0  # its images and manifest were fsynced before this marker
     unrelated.unlink()
     assert_same_run(clean_run, out)
+
+
+def test_progress_moves_within_a_shard(tmp_path, big_tree):
+    """The driver asks each busy worker how far its shard is (a method that answers from a
+    thread of its own while the shard runs): a run of one big shard reports the images done
+    on the way, not only at its end."""
+    from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.driver import GenerateRequest, generate
+    from maskgen.pipeline.progress import Reporter
+
+    class Updates(Reporter):
+        def __init__(self):
+            self.seen: list[int] = []
+
+        def update(self, done_images: int, failures: int) -> None:
+            self.seen.append(done_images)
+
+    reporter = Updates()
+    summary = generate(GenerateRequest(big_tree, tmp_path / "out", build_job_config(variants=2), shard_size=2000, workers=1), reporter)
+    assert summary.complete and summary.inputs == 20 * N_FACES
+    assert any(0 < n < summary.inputs for n in reporter.seen), reporter.seen
+    assert reporter.seen == sorted(reporter.seen) and reporter.seen[-1] == summary.inputs

@@ -289,25 +289,23 @@ def _process(request, plan: Plan, layout: OutputLayout, todo: list[int], summary
         reporter.update(done_images + images, done_failed + failed)
 
     try:
-        board = runner.RemoteProgressBoard.remote()
         plan_json = plan.to_json()
         config, out_dir, root = request.config, str(layout.root), str(Path(request.input_root).resolve())
 
         def make_worker():
             return runner.RemoteShardWorker.remote(
-                config, plan_json, out_dir, root, board, request.fault, request.job_class, request.retry_failed,
+                config, plan_json, out_dir, root, request.fault, request.job_class, request.retry_failed,
             )
 
         processing = time.perf_counter()
         outcome = runner.run_shards(
-            todo, workers=workers, make_worker=make_worker, max_attempts=request.max_attempts, board=board,
+            todo, workers=workers, make_worker=make_worker, max_attempts=request.max_attempts,
             on_done=on_done, on_retry=on_retry, on_tick=on_tick, on_note=reporter.note,
         )
         summary.processing_s = round(time.perf_counter() - processing, 2)
         summary.workers_start_s = round(outcome.workers_ready_s, 2)
         summary.failed_shards = {i: outcome.failed[i] for i in sorted(outcome.failed)}
         summary.stopped = outcome.stopped
-        ray.kill(board)
     finally:
         if started_here:
             ray.shutdown()

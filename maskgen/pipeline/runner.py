@@ -25,8 +25,8 @@ from maskgen.pipeline.paths import OutputLayout
 from maskgen.pipeline.plan import Plan, read_inputs_slice, shard_folders
 from maskgen.pipeline.shards import FATAL_ERRNOS, process_shard
 
-PROGRESS_EVERY_S = 1.0  # how often a worker reports images done within a shard
-TICK_S = 0.5  # the driver's progress refresh (a board read) and ray.wait timeout
+TICK_S = 0.5  # the driver's progress refresh (asking the busy workers) and ray.wait timeout
+PROGRESS_WAIT_S = 0.2  # a worker that does not answer within this is left out of one refresh
 START_TIMEOUT_S = 60.0  # a worker not placed on a node by then is given up on (see run_shards)
 
 
@@ -95,27 +95,15 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-class ProgressBoard:
-    """Images done per in-flight (shard, attempt), pushed by workers, read by the driver."""
-
-    def __init__(self):
-        self.counts: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def update(self, key: tuple[int, int], done: int, failed: int) -> None:
-        self.counts[key] = (done, failed)
-
-    def read(self, keys: list[tuple[int, int]]) -> tuple[int, int]:
-        pairs = [self.counts.get(k, (0, 0)) for k in keys]
-        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-
-
 class ShardWorker:
     """Holds one ImageJob and processes whole shards. Made in two steps, so that the driver
     can tell a worker that has no node to run on (its `ready` never returns) from one that
-    is loading its models (`load`, once: the dlib models, the compiled kernels)."""
+    is loading its models (`load`, once: the dlib models, the compiled kernels). `progress`
+    answers from a thread of its own while a shard runs (RemoteShardWorker's "progress"
+    concurrency group; every other method runs one at a time)."""
 
     def __init__(
-        self, config, plan_json: str, out_dir: str, input_root: str, board=None, fault: dict | None = None,
+        self, config, plan_json: str, out_dir: str, input_root: str, fault: dict | None = None,
         job_class: str = "maskgen.jobs.masking:ImageJob", retry_failed: bool = False,
     ):
         try:
@@ -128,10 +116,10 @@ class ShardWorker:
         self.plan = Plan.from_json(plan_json)
         self.layout = OutputLayout(Path(out_dir))
         self.input_root = Path(input_root)
-        self.board = board
         self.fault = fault
         self.retry_failed = retry_failed  # redo only the inputs whose rows are not all ok
         self.pass_landmarks = False
+        self.counts: tuple[tuple[int, int] | None, int, int] = (None, 0, 0)  # (shard, attempt), images done, failed
 
     def ready(self) -> str:
         """The worker is placed and its process runs: host:pid."""
@@ -147,18 +135,20 @@ class ShardWorker:
         self._maybe_fail(index)
         if dead_writers:
             self._remove_temps_of(index, dead_writers)
-        last = [0.0]
+        self.counts = ((index, attempt), 0, 0)
 
         def on_progress(done: int, failed: int) -> None:
-            now = time.monotonic()
-            if self.board is not None and now - last[0] >= PROGRESS_EVERY_S:
-                last[0] = now
-                self.board.update.remote((index, attempt), done, failed)
+            self.counts = ((index, attempt), done, failed)
 
         return process_shard(
             self.job, self.plan, self.layout, self.input_root, index,
             pass_landmarks=self.pass_landmarks, on_progress=on_progress, retry_failed=self.retry_failed,
         )
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> tuple[tuple[int, int] | None, int, int]:
+        """The (shard, attempt) in hand, and its images done and failed so far."""
+        return self.counts
 
     def _remove_temps_of(self, index: int, pids: tuple[int, ...]) -> None:
         """The temp files that killed workers left mid-write in this shard's folders: the
@@ -249,7 +239,6 @@ def run_shards(
     workers: int,
     make_worker: Callable[[], object],
     max_attempts: int = 3,
-    board=None,
     on_done: Callable[[int, dict], None] = lambda i, s: None,
     on_retry: Callable[[int, int, str], None] = lambda i, a, e: None,
     on_tick: Callable[[int, int], None] = lambda images, failed: None,
@@ -266,17 +255,17 @@ def run_shards(
     OUT_DIR...) stops it: the shards in flight finish, no other starts, none is retried.
     """
     timeout = START_TIMEOUT_S if start_timeout_s is None else start_timeout_s
-    run = _ShardRun(shards, workers, make_worker, max_attempts, board, on_done, on_retry, on_tick, on_note, timeout)
+    run = _ShardRun(shards, workers, make_worker, max_attempts, on_done, on_retry, on_tick, on_note, timeout)
     return run.run()
 
 
 class _ShardRun:
     """The scheduling state of one run_shards call (see there)."""
 
-    def __init__(self, shards, workers, make_worker, max_attempts, board, on_done, on_retry, on_tick, on_note, timeout):
+    def __init__(self, shards, workers, make_worker, max_attempts, on_done, on_retry, on_tick, on_note, timeout):
         self.queue, self.attempts, self.outcome = deque(shards), Counter(), RunOutcome()
         self.dead_writers: dict[int, set[int]] = {}  # shard -> pids of the workers that died with it
-        self.make_worker, self.max_attempts, self.board, self.start_timeout_s = make_worker, max_attempts, board, timeout
+        self.make_worker, self.max_attempts, self.start_timeout_s = make_worker, max_attempts, timeout
         self.on_done, self.on_retry, self.on_tick, self.on_note = on_done, on_retry, on_tick, on_note
         self.started, self.last_tick = time.perf_counter(), 0.0
         self.waiting = min(workers, len(shards))  # first workers not ready yet
@@ -375,16 +364,19 @@ class _ShardRun:
                          f"a node left the cluster?); going on with {len(self.slots)}")
 
     def _in_flight(self) -> tuple[int, int]:
-        """Images done and failed in the shards running now (0, 0 without a board, or if its
-        node is gone: progress is not worth failing a run for)."""
-        keys = [(s.shard, s.attempt) for s in self.slots if s.shard is not None]
-        if self.board is None or not keys:
-            return 0, 0
-        try:
-            return ray.get(self.board.read.remote(keys), timeout=10)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            self.board = None
-            return 0, 0
+        """Images done and failed in the shards running now, as their workers answer (one that
+        is slow to, or whose node is gone, is left out: progress is not worth waiting for)."""
+        asked = {s.actor.progress.remote(): (s.shard, s.attempt) for s in self.slots if s.shard is not None}
+        answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=PROGRESS_WAIT_S) if asked else ([], [])
+        done = failed = 0
+        for ref in answered:
+            try:
+                key, images, bad = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            if key == asked[ref]:
+                done, failed = done + images, failed + bad
+        return done, failed
 
 
 def _raised(exc: Exception) -> bool:
@@ -404,17 +396,4 @@ def _give_back(shard, attempts, max_attempts, queue, outcome, on_retry, error: s
         outcome.failed[shard] = f"{error} (after {attempts[shard]} attempts)"
 
 
-class _DriverNodeBoard:
-    """`RemoteProgressBoard.remote()`: the board on the driver's own node, so that losing
-    another node never takes the run's progress with it."""
-
-    def remote(self):
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        return _RemoteBoard.options(scheduling_strategy=here).remote()
-
-
-RemoteShardWorker = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ShardWorker)
-_RemoteBoard = ray.remote(num_cpus=0)(ProgressBoard)
-RemoteProgressBoard = _DriverNodeBoard()
+RemoteShardWorker = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, concurrency_groups={"progress": 1})(ShardWorker)
