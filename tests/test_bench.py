@@ -107,7 +107,7 @@ def test_pipeline_soak_refuses_a_kill_interval_of_zero():
 def test_pipeline_soak_kills_workers_and_finds_the_same_bytes():
     """A small soak: workers really are SIGKILLed (kills > 0) and the run still ends complete
     with the clean run's manifest and bytes."""
-    result = bench("pipeline", "soak", "--images", "2000", "--kill-every", "3", "--json", timeout=400)
+    result = bench("pipeline", "soak", "--images", "3000", "--kill-every", "1.5", "--json", timeout=400)  # a run of >4 s: a kill lands
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["killed"]["kills"] >= 1 and figures["killed"]["complete"], figures
