@@ -265,6 +265,7 @@ class _ShardRun:
     def __init__(self, shards, workers, make_worker, max_attempts, on_done, on_retry, on_tick, on_note, timeout):
         self.queue, self.attempts, self.outcome = deque(shards), Counter(), RunOutcome()
         self.dead_writers: dict[int, set[int]] = {}  # shard -> pids of the workers that died with it
+        self.counts: dict[tuple[int, int], tuple[int, int]] = {}  # (shard, attempt) in flight -> images done, failed
         self.make_worker, self.max_attempts, self.start_timeout_s = make_worker, max_attempts, timeout
         self.on_done, self.on_retry, self.on_tick, self.on_note = on_done, on_retry, on_tick, on_note
         self.started, self.last_tick = time.perf_counter(), 0.0
@@ -364,19 +365,20 @@ class _ShardRun:
                          f"a node left the cluster?); going on with {len(self.slots)}")
 
     def _in_flight(self) -> tuple[int, int]:
-        """Images done and failed in the shards running now, as their workers answer (one that
-        is slow to, or whose node is gone, is left out: progress is not worth waiting for)."""
+        """Images done and failed in the shards running now, as their workers last answered
+        (one slow to answer, or whose node is gone, keeps its last count: progress is not
+        worth waiting for, and never goes back)."""
         asked = {s.actor.progress.remote(): (s.shard, s.attempt) for s in self.slots if s.shard is not None}
         answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=PROGRESS_WAIT_S) if asked else ([], [])
-        done = failed = 0
         for ref in answered:
             try:
                 key, images, bad = ray.get(ref)
             except ray.exceptions.RayError:
                 continue
             if key == asked[ref]:
-                done, failed = done + images, failed + bad
-        return done, failed
+                self.counts[key] = (images, bad)
+        self.counts = {key: self.counts[key] for key in asked.values() if key in self.counts}  # the finished ones go
+        return sum(c[0] for c in self.counts.values()), sum(c[1] for c in self.counts.values())
 
 
 def _raised(exc: Exception) -> bool:
