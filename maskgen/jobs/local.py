@@ -77,7 +77,8 @@ def mask_images(
     job = job or ImageJob(config)
     gc.freeze()  # what exists now (imports, models) lives to the end: the collector stops rescanning it (~30 us an image)
     rows: list[dict] = []
-    sink = open_sink(Path(out_dir), config.output_format)
+    out_dir = Path(out_dir)
+    sink = sinks.open_sink(config.output_format, out_dir, out_dir, out_dir / REC_SHARD, out_dir / WDS_SHARD)
     try:
         for start in range(0, len(found.images), BATCH_SIZE):
             batch = [(path, rel, None) for path, rel in found.images[start : start + BATCH_SIZE]]
@@ -95,16 +96,6 @@ def mask_images(
 
 REC_SHARD = "rec/shards/shard-00000"  # under OUT: `mask --output-format rec`'s one shard, before the join
 WDS_SHARD = "wds/shard-000000.tar"
-
-
-def open_sink(out_dir: Path, output_format: str):
-    if output_format == "rec":
-        return sinks.RecShardSink(out_dir / REC_SHARD, out_dir)
-    if output_format == "webdataset":
-        return sinks.TarShardSink(out_dir / WDS_SHARD, out_dir)
-    if output_format == "parquet":
-        return sinks.ParquetSink()
-    return sinks.FilesSink(out_dir)
 
 
 def write_manifest(rows: list[dict], path: Path, source_root: Path, config: JobConfig, schema=MANIFEST_SCHEMA) -> None:

@@ -27,7 +27,37 @@ IMAGE_COLUMN, OCCLUSION_COLUMN = "image", "occlusion"  # the parquet format's by
 LOCATION_SEP = "#"  # out_path of a stored image: "<container, relative to OUT>#<key>"
 
 
-class FilesSink:
+class Sink:
+    """What every sink does unless it says otherwise: the manifest's schema as it is, nothing
+    to commit or abort, no files of its own."""
+
+    def schema(self, schema: pa.Schema) -> pa.Schema:
+        return schema
+
+    def written(self) -> list:
+        return []
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def open_sink(output_format: str, root: Path, images: Path, rec_base: Path, wds_tar: Path) -> Sink:
+    """The sink of a run (or of one of its shards) under `root`, by format: files under
+    `images`, a .rec pair at `rec_base`, a WebDataset tar at `wds_tar`, or the manifest's
+    byte columns."""
+    if output_format == "rec":
+        return RecShardSink(rec_base, root)
+    if output_format == "webdataset":
+        return TarShardSink(wds_tar, root)
+    if output_format == "parquet":
+        return ParquetSink()
+    return FilesSink(images)
+
+
+class FilesSink(Sink):
     """Each file written atomically under `root`, at its relative path."""
 
     def __init__(self, root: Path):
@@ -43,15 +73,6 @@ class FilesSink:
     def written(self) -> list[str]:
         return self.paths
 
-    def schema(self, schema: pa.Schema) -> pa.Schema:
-        return schema
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
 
 def as_sink(out_root):
     """A job's `out_root`: a sink already, or a folder (files, as `maskgen mask` writes them)."""
@@ -65,7 +86,7 @@ def _split(rows: list[dict], payload: dict[str, bytes]) -> tuple[str, bytes, byt
     return image_rel, payload[image_rel], payload.get(mask_rel) if mask_rel else None
 
 
-class RecShardSink:
+class RecShardSink(Sink):
     """A shard's images in `<base>.rec` and occlusion masks in `<base>.mask.rec`, record k of
     each the shard's k-th image (IRHeader label 0: the join gives the labels)."""
 
@@ -86,9 +107,6 @@ class RecShardSink:
         for row in rows:
             row["out_path"] = f"{where}.rec{LOCATION_SEP}{key}"
             row["mask_path"] = f"{where}.mask.rec{LOCATION_SEP}{key}" if mask is not None else ""
-
-    def schema(self, schema: pa.Schema) -> pa.Schema:
-        return schema
 
     def commit(self) -> None:
         self.masks.commit()
@@ -115,7 +133,7 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} in a manifest row")
 
 
-class TarShardSink:
+class TarShardSink(Sink):
     """A shard's samples in one WebDataset tar: KEY.<ext> (the image), KEY.mask.png (the
     occlusion), KEY.json (the manifest row; a list of rows for a photo with several faces).
     Members carry no time stamp or owner: the same run gives the same bytes."""
@@ -144,9 +162,6 @@ class TarShardSink:
         record = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
         self._add(key + ".json", json.dumps(record[0] if len(record) == 1 else record, default=_jsonable).encode())
 
-    def schema(self, schema: pa.Schema) -> pa.Schema:
-        return schema
-
     def commit(self) -> None:
         self.tar.close()
         os.replace(self.tmp, self.path)
@@ -159,7 +174,7 @@ class TarShardSink:
         self.tmp.unlink(missing_ok=True)
 
 
-class ParquetSink:
+class ParquetSink(Sink):
     """The image and occlusion bytes in the manifest rows themselves (columns `image`,
     `occlusion`; a photo with several faces: on its first face's row)."""
 
@@ -169,15 +184,6 @@ class ParquetSink:
 
     def schema(self, schema: pa.Schema) -> pa.Schema:
         return schema.append(pa.field(IMAGE_COLUMN, pa.binary())).append(pa.field(OCCLUSION_COLUMN, pa.binary()))
-
-    def written(self) -> list[Path]:
-        return []  # the bytes are in the manifest
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 def check_format(name: str) -> str:

@@ -51,14 +51,8 @@ def open_sink(layout: OutputLayout, config: dict, index: int, n_shards: int):
     """Where shard `index` writes its images: files under images/, or its own container."""
     from maskgen.jobs import sinks
 
-    output_format = config.get("output_format", "files")
-    if output_format == "rec":
-        return sinks.RecShardSink(layout.rec_shard_base(index, n_shards), layout.root)
-    if output_format == "webdataset":
-        return sinks.TarShardSink(layout.wds_shard(index), layout.root)
-    if output_format == "parquet":
-        return sinks.ParquetSink()
-    return sinks.FilesSink(layout.images)
+    return sinks.open_sink(config.get("output_format", "files"), layout.root, layout.images,
+                           layout.rec_shard_base(index, n_shards), layout.wds_shard(index))
 
 
 def process_entries(job, entries: list[dict], input_root: Path, images_root, config: dict, pass_landmarks: bool) -> list[list[dict]]:
