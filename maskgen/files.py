@@ -47,7 +47,7 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
             os.close(fd)
         os.replace(tmp, path)
         if durable:
-            _fsync_folder(os.path.dirname(os.fspath(path)) or ".")
+            _fsync(os.path.dirname(os.fspath(path)) or ".")
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -70,14 +70,8 @@ def sync_files(paths) -> None:
             finally:
                 os.close(fd)
         return
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for folder in sorted({os.path.dirname(path) or "." for path in paths}):
-        _fsync_folder(folder)
+    for path in [*paths, *sorted({os.path.dirname(path) or "." for path in paths})]:
+        _fsync(path)
 
 
 @functools.cache
@@ -88,8 +82,9 @@ def _syncfs():
     return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 
 
-def _fsync_folder(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: str) -> None:
+    """fsync a file (its data) or a folder (its entries)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
