@@ -5,6 +5,7 @@ Ray actor; `process` / `process_batch` never raise for a bad input: every failur
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -106,12 +107,16 @@ class _Variant:
     k: int
     out_rel: str
     image: np.ndarray  # the photo with every face's mask so far
-    occlusion: np.ndarray | None = None  # every face's mask
     specs: list[MaskSpec] = field(default_factory=list)  # one per face, as the next lists
     coverages: list[float] = field(default_factory=list)
     occlusions: list[np.ndarray] = field(default_factory=list)  # each face's own mask, for its checks
     checks: list[dict] = field(default_factory=list)
     error: Exception | None = None  # a RenderError (or ValueError) of any of its faces
+
+    @property
+    def occlusion(self) -> np.ndarray:
+        """Every face's mask."""
+        return functools.reduce(np.maximum, self.occlusions)
 
 
 class ImageJob:
@@ -247,7 +252,6 @@ class ImageJob:
                 spec = self.options.sample(variant_seed(self.config.seed, key, k))
                 rendered = render_mask(variant.image, face.points, spec, grade)
                 variant.image = rendered.image
-                variant.occlusion = rendered.occlusion if variant.occlusion is None else np.maximum(variant.occlusion, rendered.occlusion)
                 variant.specs.append(spec)
                 variant.coverages.append(rendered.coverage)
                 variant.occlusions.append(rendered.occlusion)
