@@ -262,6 +262,30 @@ def test_exif_orientation_is_applied(face_pil, orientation):
     assert diff(d.bgr, want).mean() < 1
 
 
+def test_a_damaged_exif_block_is_decoded_without_pil_warnings(face_pil):
+    """A JPEG whose EXIF block names more data than the file holds: PIL warns about it on
+    stderr (no file name, nothing a user can act on); maskgen decodes the image, applies the
+    orientation that is still readable, and warns nothing."""
+    crop = face_pil.crop((0, 0, 150, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010E] = "a description long enough to be stored past its IFD entry"
+    block = bytearray(exif.tobytes())
+    entry = block.index(struct.pack(">HH", 0x010E, 2))  # ImageDescription, ASCII (PIL writes big-endian "MM")
+    block[entry + 4 : entry + 8] = struct.pack(">I", 1 << 20)  # its count: a megabyte the file does not have
+    data = pil_bytes(crop, "JPEG", quality=95, exif=bytes(block))
+    with warnings.catch_warnings(record=True) as pil_warned:
+        warnings.simplefilter("always")
+        with Image.open(io.BytesIO(data)) as im:
+            im.getexif()
+    assert pil_warned  # the damage is real: PIL itself complains
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        d = decode_image(data)
+    assert not ours, [str(w.message) for w in ours]
+    assert d.bgr.shape[:2] == (150, 100)  # orientation 6 still read and applied
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "PPM"])
 def test_lossless_formats_roundtrip(face_bgr, fmt):
     d = decode_image(encode_image(face_bgr, fmt))
