@@ -287,7 +287,7 @@ def test_the_compiled_steps_are_the_cv2_calls_they_replace(chips):
             x0, y0, x1, y1 = render._mask_box(grid, image.shape, 7)
             w, h = x1 - x0, y1 - y0
             for zoom in (1.0, 0.6):
-                xy = render._template_maps(grid, x0, y0, w, h, zoom)
+                xy, _ = render._template_maps(grid, x0, y0, w, h, zoom)
                 fine = cv2.resize(render._coarse_lattice(grid, x0, y0, w, h, zoom), (w, h), interpolation=cv2.INTER_LINEAR)
                 differ += int((np.abs(xy - fine) > 1e-4).any(2).sum())
                 total += w * h
@@ -302,3 +302,31 @@ def test_the_compiled_steps_are_the_cv2_calls_they_replace(chips):
     # are the whole patterned template shrunk (cv2's area filter treats each channel alike)
     small = render._with_pattern(template_at("surgical", (97, 73)), cv2.resize(expected[..., 3], (97, 73), interpolation=cv2.INTER_AREA), 0, 0)
     assert np.array_equal(small, cv2.resize(expected, (97, 73), interpolation=cv2.INTER_AREA))
+
+
+def test_the_mask_is_clipped_to_the_anchor_outline_only_where_the_warp_folds_over(chips, monkeypatch):
+    """The template's alpha is clipped to the anchor grid's outline only where the warp folds
+    over: on the real chips, for every family, clipping always gives the very same pixels
+    (a warp that does not fold maps nothing outside the outline into the template); landmarks
+    out of order (the jaw's sides crossed) fold it, and there the clip is applied and matters."""
+    from maskgen.masks import render
+
+    def rendered(image, points, mask_spec, clip):
+        monkeypatch.setattr(render, "_folds", lambda coarse: clip)
+        return render_mask(image, points, mask_spec).image
+
+    for image, points in chips[::3]:
+        for name in all_families():
+            mask_spec = spec(name, seed=7)
+            assert np.array_equal(render_mask(image, points, mask_spec).image, rendered(image, points, mask_spec, clip=True)), name
+            monkeypatch.undo()
+
+    image, points = chips[0]
+    crossed = points.copy()
+    crossed[[5, 6, 10, 11]] = crossed[[11, 10, 6, 5]]
+    mask_spec = spec("cloth")
+    grid, _, _, (x0, y0, x1, y1) = render._fit(image, crossed, all_families()["cloth"], mask_spec)
+    assert render._template_maps(grid, x0, y0, x1 - x0, y1 - y0)[1]  # it folds
+    default = render_mask(image, crossed, mask_spec).image
+    assert np.array_equal(default, rendered(image, crossed, mask_spec, clip=True))
+    assert not np.array_equal(default, rendered(image, crossed, mask_spec, clip=False))

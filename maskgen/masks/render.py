@@ -58,17 +58,43 @@ class Rendered:
     coverage: float  # fraction of the landmarks' bounding box that is covered
 
 
-def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int, zoom: float = 1.0) -> np.ndarray:
+def _template_maps(grid: np.ndarray, x0: int, y0: int, w: int, h: int, zoom: float = 1.0) -> tuple[np.ndarray, bool]:
     """For every pixel of the box, where to sample the template (resized by `zoom`): a
     CV_32FC2 map for cv2.remap, made in one compiled call (the spline's lattice upsampled as
-    cv2.resize INTER_LINEAR does: ~30 us of cv2 calls). (cv2 5's remap is faster with float
-    maps than with fixed-point ones, and interpolates them more finely.)"""
+    cv2.resize INTER_LINEAR does: ~30 us of cv2 calls), and whether that map folds over.
+    (cv2 5's remap is faster with float maps than with fixed-point ones, and interpolates
+    them more finely.)"""
     xy = np.empty((h, w, 2), np.float32)
     coarse = np.empty((_LATTICE, _LATTICE, 2), np.float32)
     if not _spline_maps(np.ascontiguousarray(grid, np.float64).reshape(-1, 2), float(x0), float(y0), float(zoom), _TEMPLATE_XY,
                         coarse, xy.reshape(h, 2 * w)):
         raise RenderError("landmarks are degenerate: cannot fit the mask")
-    return xy
+    return xy, _folds(coarse)
+
+
+@jit(nogil=True)
+def _folds(coarse):
+    """Whether the map folds over: the lattice upsampled bilinearly is one-to-one where the
+    Jacobian of each cell's bilinear map keeps one sign, and that Jacobian is affine over the
+    cell, so its sign at the cells' corners tells (a near-zero one counts as a fold)."""
+    n = coarse.shape[0]
+    positive = negative = False
+    for i in range(n - 1):
+        for j in range(n - 1):
+            for di in range(2):
+                for dj in range(2):
+                    r, c = i + di, j + dj  # a corner, and its neighbours along the cell's two sides
+                    rv, cu = i + 1 - di, j + 1 - dj
+                    ux, uy = coarse[r, cu, 0] - coarse[r, c, 0], coarse[r, cu, 1] - coarse[r, c, 1]
+                    vx, vy = coarse[rv, c, 0] - coarse[r, c, 0], coarse[rv, c, 1] - coarse[r, c, 1]
+                    det = (ux * vy - uy * vx) * (1 if di == dj else -1)  # a corner's sides in the cell's own order
+                    if det > 1e-6:
+                        positive = True
+                    elif det < -1e-6:
+                        negative = True
+                    else:
+                        return True
+    return positive and negative
 
 
 def _coarse_lattice(grid: np.ndarray, x0: int, y0: int, w: int, h: int, zoom: float) -> np.ndarray:
@@ -268,8 +294,15 @@ def _xlogx(x):
     return out
 
 
+_NO_CLIP = np.full((1, 1), 255, np.uint8)  # _clip_alpha's `inside` for a warp that does not fold: nothing to clip
+
+
 def _inside_grid(grid: np.ndarray, x0: int, y0: int, w: int, h: int, margin: int) -> np.ndarray:
-    """255 inside the anchor grid's outline (grown by `margin`), 0 outside."""
+    """255 inside the anchor grid's outline (grown by `margin`), 0 outside: the template's
+    alpha is clipped to it where the warp folds over (render_mask). A warp that does not fold
+    maps only the outline's inside (to within the margin) into the template, so the clip
+    changes nothing there (not a pixel of 2,640 renders of every family, wear and size), and
+    it cost 20 us."""
     polygon = np.empty((2 * (grid.shape[0] + grid.shape[1]) - 4, 2), np.int32)
     _outline16(grid, float(x0), float(y0), polygon)
     inside = np.zeros((h, w), np.uint8)
@@ -331,10 +364,16 @@ def _graded(grade, colors):
     return out
 
 
-def _strap_color(kind: str, color: np.ndarray) -> list[float]:
-    """The straps' BGR (0..255): darker than the mask for head straps, lighter for ear loops."""
-    strap_color = color * 0.85 if kind == "head_straps" else np.minimum(color * 1.1 + 0.05, 1)
-    return [min(255.0, max(0.0, c * 255)) for c in strap_color.tolist()]
+@jit(nogil=True)
+def _strap_color(head_straps, grade, color, exposure):
+    """The straps' BGR (0..255): the mask's colour (BGR, 0..1) graded and exposed, darker for
+    head straps, lighter for ear loops (float32, then x 255 in double, as numpy's version)."""
+    bgr = [0.0, 0.0, 0.0]
+    for i in range(3):
+        c = (grade[i, 0] * color[0] + grade[i, 1] * color[1] + grade[i, 2] * color[2]) * exposure
+        c = c * np.float32(0.85) if head_straps else min(c * np.float32(1.1) + np.float32(0.05), np.float32(1))
+        bgr[i] = min(255.0, max(0.0, np.float64(c) * 255))
+    return bgr[0], bgr[1], bgr[2]
 
 
 @jit(nogil=True)
@@ -428,8 +467,8 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec, grade: np.n
     fam = family(spec.mask_type)
     grid, face_w, margin, box = _fit(bgr, points, fam, spec)
     grade = photo_grade(bgr, points) if grade is None else grade
-    planes, picture = _warp_texture(spec, grid, box)
-    inside = _inside_grid(grid, box[0], box[1], box[2] - box[0], box[3] - box[1], margin)
+    planes, picture, folds = _warp_texture(spec, grid, box)
+    inside = _inside_grid(grid, box[0], box[1], box[2] - box[0], box[3] - box[1], margin) if folds else _NO_CLIP
     colors, layers, alpha, exposure, laplace = _shade(bgr, box, planes, picture, inside, face_w, spec)
     layers, alpha, around, noise = _camera_match(layers, alpha, laplace, face_w, spec.seed)
     grade = np.asarray(grade, np.float32)
@@ -437,7 +476,7 @@ def render_mask(bgr: np.ndarray, points: np.ndarray, spec: MaskSpec, grade: np.n
     out = bgr.copy()
     occlusion = np.zeros(bgr.shape[:2], np.uint8)
     _composite_kernel(out, occlusion, box[0], box[1], layers, mix, *noise, alpha, around)
-    strap_color = _graded(grade, _rgb01(spec.color)[None])[0] * np.float32(exposure)
+    strap_color = _strap_color(fam.straps == "head_straps", grade, _rgb01(spec.color), np.float32(exposure))
     _draw_straps(out, occlusion, fam.straps, grid, points, face_w, strap_color)
     return Rendered(out, occlusion, _coverage(occlusion, points))
 
@@ -518,11 +557,11 @@ def _layer_colors(spec: MaskSpec, picture: bool, textured: bool, accent_color) -
 _COLORS: dict = {}
 
 
-def _warp_texture(spec: MaskSpec, grid: np.ndarray, box) -> tuple[np.ndarray, np.ndarray | None]:
+def _warp_texture(spec: MaskSpec, grid: np.ndarray, box) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """The template's alpha, relief and accent planes and the pattern (at a random phase),
-    warped into the box: one 4-channel remap (h x w x 4 uint8); and the family's picture
-    (BGR) warped the same way, if it has one. (cv2's remap beats a compiled loop
-    here: tried.)"""
+    warped into the box: one 4-channel remap (h x w x 4 uint8); the family's picture (BGR)
+    warped the same way, if it has one; and whether the warp folds over. (cv2's remap beats a
+    compiled loop here: tried.)"""
     texture, picture = template(spec.mask_type), texture_bgr(spec.mask_type)
     window = None
     if spec.pattern != "plain" and spec.texture_weight > 0:
@@ -539,11 +578,11 @@ def _warp_texture(spec: MaskSpec, grid: np.ndarray, box) -> tuple[np.ndarray, np
         zoom = texture.shape[1] / TEMPLATE_W
     if window is not None:
         texture = _with_pattern(texture, window, 0, 0)
-    xy = _template_maps(grid, x0, y0, x1 - x0, y1 - y0, zoom)
+    xy, folds = _template_maps(grid, x0, y0, x1 - x0, y1 - y0, zoom)
     planes = cv2.remap(texture, xy, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     if picture is not None:
         picture = cv2.remap(picture, xy, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return planes, picture
+    return planes, picture, folds
 
 
 def _with_pattern(texture: np.ndarray, pattern: np.ndarray, oy: int, ox: int) -> np.ndarray:
@@ -617,18 +656,19 @@ def _box_gray(bgr, x0, y0, h, w):
 
 @jit(nogil=True)
 def _clip_alpha(gray, planes, inside):
-    """The template's alpha clipped to the anchor outline (planes[..., 0], in place) -> the
-    grey's mean under the mask (0 when nothing is)."""
+    """The template's alpha clipped to the anchor outline (planes[..., 0], in place; `inside`
+    1 x 1: not clipped) -> the grey's mean under the mask (0 when nothing is)."""
     h, w = gray.shape
     flat = planes.reshape(h, -1)
     total = 0
     under = 0
+    clip = inside.shape[0] == h and inside.shape[1] == w  # a 1 x 1 box clipped or not is the same
     for y in range(h):
-        g, p, ins = gray[y], flat[y], inside[y]
+        g, p, ins = gray[y], flat[y], inside[y if clip else 0]
         row_total = np.int32(0)
         row_under = np.int32(0)
         for x in range(w):
-            a = p[4 * x] if p[4 * x] < ins[x] else ins[x]
+            a = p[4 * x] if not clip or p[4 * x] < ins[x] else ins[x]
             p[4 * x] = a
             on = np.int32(1) if a > 0 else np.int32(0)
             row_total += g[x] * on
@@ -862,7 +902,7 @@ def _draw_straps(out, occlusion, kind: str, grid, points, face_w: float, color) 
     polylines = [lines16[i : i + step] for i in range(0, count, step)]
     thickness = max(1, round(face_w / 70))
     # 4 fractional bits: sub-pixel lines; one call per image draws them in turn, as one call each would
-    cv2.polylines(out, polylines, False, _strap_color(kind, color), thickness, cv2.LINE_AA, shift=4)
+    cv2.polylines(out, polylines, False, color, thickness, cv2.LINE_AA, shift=4)
     cv2.polylines(occlusion, polylines, False, 255, thickness, cv2.LINE_8, shift=4)
 
 
