@@ -132,3 +132,31 @@ def test_mask_command_exits_1_when_a_bug_hit_an_image(inputs, tmp_path, monkeypa
     assert result.exit_code == 1, result.output
     assert "1 rows hit an internal error" in result.output and "Traceback" not in result.output
     assert (tmp_path / "out" / "manifest.parquet").is_file()
+
+
+def test_an_input_that_cannot_be_read_is_a_row_naming_why(inputs, tmp_path):
+    """A file gone since it was listed, or a folder where a file was expected: a decode_error
+    row with the system's reason, beside the real faces of the same batch."""
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    batch = [*inputs[:2], (tmp_path / "gone.jpg", "gone.jpg", None), (folder, "folder.jpg", None)]
+    results = ImageJob(JobConfig()).process_batch(batch, tmp_path / "out")
+    assert [rows[0]["status"] for rows in results] == ["ok", "ok", "decode_error", "decode_error"]
+    assert results[2][0]["error"] == "cannot read the file: No such file or directory"
+    assert results[3][0]["error"] == "cannot read the file: Is a directory"
+
+
+def test_read_input_reads_every_byte_of_a_file_and_a_record(inputs, tmp_path):
+    from maskgen.jobs.protocol import read_input
+
+    path = inputs[0][0]
+    assert read_input(path) == read_input(str(path)) == path.read_bytes()
+    large = tmp_path / "large.bin"
+    large.write_bytes(bytes(range(256)) * 20_000)  # 5 MB
+    assert read_input(large) == large.read_bytes()
+
+    class Record:  # what a .rec input is to the jobs: something with read_bytes()
+        def read_bytes(self):
+            return b"record"
+
+    assert read_input(Record()) == b"record"
