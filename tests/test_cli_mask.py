@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 
 import cv2
 import numpy as np
@@ -89,6 +91,27 @@ def test_bad_files_become_rows_and_nothing_else_is_lost(small_tree, tmp_path):
     assert (manifest.status == "ok").sum() == 6
     assert "not images by their suffix" in result.output and "1 .txt" in result.output
     assert not list(out.rglob("*.tmp")) and not (out / "broken").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_among_the_inputs_is_a_row_not_a_hang(small_tree, tmp_path):
+    """A pipe in a folder (or named on the command line) is refused at once: reading it would
+    wait for a writer for good. Should it be read anyway, the thread below writes nothing and
+    closes it after 10 s: the run then ends, with the wrong row, and this test fails."""
+    pipe = small_tree / next(p.name for p in small_tree.iterdir()) / "pipe.jpg"
+    os.mkfifo(pipe)
+    unblock = threading.Timer(10, lambda: os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)))
+    unblock.start()
+    try:
+        result = invoke("mask", small_tree, pipe, "/dev/null", "-o", tmp_path / "out", "--aligned")
+    finally:
+        unblock.cancel()
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet").set_index("src_path")
+    refused = manifest[manifest.status != "ok"]
+    assert len(manifest) == 6 + 2 and (manifest.status == "ok").sum() == 6
+    assert sorted(refused.index) == ["dev/null", pipe.relative_to(tmp_path.anchor).as_posix()]
+    assert set(refused.error) == {"cannot read the file: not a regular file (a pipe, socket or device)"}
 
 
 def test_wild_photos_mask_every_face(tmp_path):

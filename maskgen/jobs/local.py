@@ -47,7 +47,7 @@ def find_images(paths: list[Path], exclude: Path | None = None) -> FoundImages:
     found = FoundImages(root, [])
     skip = len(os.path.join(str(root), ""))  # a file's path relative to root starts here
     for path in paths:
-        files = [str(path)] if path.is_file() else _walk(str(path), exclude)
+        files = _walk(str(path), exclude) if path.is_dir() else [str(path)]  # a named pipe or device too: its row says why
         for file in files:
             suffix = _suffix(file)
             if file == str(path) or suffix in IMAGE_EXTENSIONS:

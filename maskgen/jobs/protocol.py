@@ -4,7 +4,9 @@ and every CLI command load it, the heavy job modules load only where images are 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,10 +28,17 @@ def read_input(src) -> bytes:
 
 def read_file(path) -> bytes:
     """Path.read_bytes in plain os calls, the first read as large as fstat says the file is
-    (half the cost of a file object's on a small image: this runs once per input)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    (half the cost of a file object's on a small image: this runs once per input). Only a
+    regular file is read: a named pipe in a folder would block the run for good, and a
+    device never ends (opened non-blocking, so that a pipe with no writer is refused at once)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
-        chunks, want = [], os.fstat(fd).st_size + 1
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", os.fspath(path))
+        chunks, want = [], info.st_size + 1
         while chunk := os.read(fd, want):  # to the end, should the file have grown
             chunks.append(chunk)
             want = 1 << 20
