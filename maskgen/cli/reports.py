@@ -109,7 +109,7 @@ def print_summary(summary, console: Console, label: str = "generate") -> None:
     shards = f"{summary.shards_already_done + summary.shards_done_now:,}/{summary.shards_total:,} shards done"
     rate = (
         f" ({summary.images_this_run:,} images in {summary.processing_s:,.1f} s, {summary.images_per_s:,.1f} images/s"
-        f" on {summary.workers} workers)" if summary.images_this_run else ""
+        f" on {summary.workers} worker{'s' if summary.workers != 1 else ''})" if summary.images_this_run else ""
     )
     console.print(f"{summary.inputs:,} inputs, {shards}, {summary.shards_already_done:,} of them from before; "
                   f"{summary.elapsed_s:,.1f} s in all{rate}", soft_wrap=True)
