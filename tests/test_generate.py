@@ -371,6 +371,10 @@ def test_output_paths_stay_inside_out_dir(tmp_path):
 
     inside = invoke("generate", tree, tree / "out")
     assert inside.exit_code == 2 and "inside the input tree" in inside.stderr
+    (tmp_path / "a_file").write_text("mine")
+    onto_a_file = invoke("generate", tree, tmp_path / "a_file")
+    assert onto_a_file.exit_code == 2 and "is a file; choose a folder" in onto_a_file.stderr
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_input_list_with_identities_and_precomputed_landmarks(tmp_path, clean_run):

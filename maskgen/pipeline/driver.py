@@ -88,6 +88,8 @@ def check_folders(input_root: Path, out_dir: Path) -> None:
         raise InputError(f"the output folder {out} is inside the input tree {root}; choose one outside it")
     if out in root.parents:
         raise InputError(f"the input tree {root} is inside the output folder {out}; choose another output folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output folder {out} is a file; choose a folder")
 
 
 def _counting(entries, reporter: Reporter, every: int = 5000):
