@@ -368,9 +368,10 @@ def _graded(grade, colors):
 def _strap_color(head_straps, grade, color, exposure):
     """The straps' BGR (0..255): the mask's colour (BGR, 0..1) graded and exposed, darker for
     head straps, lighter for ear loops (float32, then x 255 in double, as numpy's version)."""
+    graded = _graded(grade, color.reshape(1, 3))[0]
     bgr = [0.0, 0.0, 0.0]
     for i in range(3):
-        c = (grade[i, 0] * color[0] + grade[i, 1] * color[1] + grade[i, 2] * color[2]) * exposure
+        c = graded[i] * exposure
         c = c * np.float32(0.85) if head_straps else min(c * np.float32(1.1) + np.float32(0.05), np.float32(1))
         bgr[i] = min(255.0, max(0.0, np.float64(c) * 255))
     return bgr[0], bgr[1], bgr[2]
