@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import logging
 import os
 import shutil
 import signal
@@ -21,11 +20,14 @@ N_FACES = 55  # 5 identities x 11
 
 
 def ensure_ray() -> None:
-    """Start local Ray (2 CPUs) once per test process; the pipeline reuses it."""
+    """Start local Ray (2 CPUs) once per test process, as `generate` starts its own; the
+    pipeline reuses it."""
     import ray
 
+    from maskgen.pipeline.runner import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        start_local_ray(2)
         atexit.register(ray.shutdown)
 
 

@@ -47,6 +47,18 @@ def clean_run(tmp_path_factory) -> Path:
     return out
 
 
+def test_the_embedded_ray_runs_its_workers_at_the_drivers_priority():
+    """Ray's default runs workers at nice 15: each wake-up of the driver or the raylet then
+    preempts one (a 2-worker run here was 13 % slower). The Ray `generate` starts does not."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
+
+
 def test_end_to_end_on_the_sample_faces(tmp_path):
     out = tmp_path / "out"
     result = invoke("generate", FACES, out, "--variants", 2, "--keep-original", "--wear", "proper:0.5,nose:0.5", "--json")

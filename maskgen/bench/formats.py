@@ -108,8 +108,9 @@ def generate_speed(tree: Path, tmp: Path, workers: int, rounds: int) -> dict:
 
     from maskgen.jobs.masking import build_job_config
     from maskgen.pipeline.driver import GenerateRequest, generate
+    from maskgen.pipeline.runner import start_local_ray
 
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    start_local_ray(workers)
     rates: dict[str, list[float]] = {fmt: [] for fmt in FORMATS}
     try:
         for run, fmt in enumerate(["files", *[f for _ in range(rounds) for f in FORMATS]]):

@@ -158,13 +158,13 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
     """Each round times, on the same images: the plain loop (1 process, then 2 without Ray),
     then Ray with 1 and 2 workers. The ratios are taken per round (a round's runs share the
     machine's load of the moment) and their median is the result; the best rates are shown too."""
-    import logging
     import statistics
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for each 1-CPU worker
     import ray
 
     from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.runner import start_local_ray
 
     config = build_job_config()
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-", dir=memory_folder()))
@@ -173,7 +173,7 @@ def speed(n_images: int, rounds: int, keep: bool) -> dict:
         tree = make_tree(work / "tree", n)
         print(f"{n} images, {rounds} rounds, in {work.parent} (tmpfs where there is one); {_busy_note()}", flush=True)
         t = time.perf_counter()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        start_local_ray(2)
         ray_start_s = time.perf_counter() - t
         for r in range(rounds):
             plain, plain2 = (plain_processes(tree, work / f"plain{p}-{r}", config, p) for p in (1, 2))
@@ -313,19 +313,18 @@ def _same_outputs(a: Path, b: Path) -> tuple[bool, bool]:
 def soak(n_images: int, kill_every_s: float, keep: bool) -> dict:
     """A clean 2-worker run, then the same with a worker SIGKILLed every few seconds: same
     rows, same bytes? The time lost per kill is the difference over the kills."""
-    import logging
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import ray
 
     from maskgen.jobs.masking import build_job_config
+    from maskgen.pipeline.runner import start_local_ray
 
     config = build_job_config()
     work = Path(tempfile.mkdtemp(prefix="maskgen-bench-soak-"))
     try:
         tree = make_tree(work / "tree", n_images)
         print(f"{n_images:,} images, 2 workers, a worker killed every ~{kill_every_s:g} s; {_busy_note()}", flush=True)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        start_local_ray(2)
         clean = _soak_run(tree, work / "clean", config, None)
         print(f"clean run: {clean['s']:.1f} s; {_busy_note()}", flush=True)
         killed = _soak_run(tree, work / "killed", config, kill_every_s)
@@ -364,11 +363,11 @@ def _memory_child(tree: Path, out: Path, process: bool) -> dict:
     result |= {"inputs": plan.n_inputs, "shards": plan.n_shards, "plan_s": round(time.perf_counter() - start, 1),
                "peak_rss_planning_mib": round(peak_rss_mib(), 1)}
     if process:
-        import logging
-
         import ray
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        from maskgen.pipeline.runner import start_local_ray
+
+        start_local_ray(2)
         sampler = RssSampler()
         sampler.start()
         start = time.perf_counter()

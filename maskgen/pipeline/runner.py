@@ -63,15 +63,26 @@ def _ray_notices_to_stderr() -> None:
     worker.print_to_stdstream = to_stderr
 
 
+_QUIET = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+
+
+def start_local_ray(cpus: int) -> None:
+    """The Ray maskgen embeds: a new local one ("local" ignores any cluster left running on
+    this machine), quiet, its workers at the driver's own priority. (Ray runs workers at
+    nice 15, below its control plane; where there are as many workers as cores, each wake-up
+    of the driver, the raylet or any other program then preempts a worker: a 2-worker run
+    took 13 % longer here, and 19 % more CPU per image.)"""
+    ray.init(address="local", num_cpus=cpus, _system_config={"worker_niceness": 0}, **_QUIET)
+
+
 def _init_ray(address: str | None, workers: int | None) -> None:
-    quiet = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     if address:
         _check_reachable(address)
     try:
         if address:
-            ray.init(address=address, **quiet)
-        else:  # "local" ignores any cluster left running on this machine: no address means local
-            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **quiet)
+            ray.init(address=address, **_QUIET)  # a cluster's own settings stand
+        else:
+            start_local_ray(workers or os.cpu_count() or 1)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError...: all mean "no Ray"
         where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
         hint = ""
