@@ -114,6 +114,23 @@ def test_a_named_pipe_among_the_inputs_is_a_row_not_a_hang(small_tree, tmp_path)
     assert set(refused.error) == {"cannot read the file: not a regular file (a pipe, socket or device)"}
 
 
+def test_a_folder_linked_into_the_tree_is_walked_and_a_link_loop_ends(small_tree, tmp_path):
+    """Trees are often assembled from links: a linked identity folder is masked like a real
+    one (it used to be left out without a word), and a link back up the tree is walked once."""
+    elsewhere = tmp_path / "elsewhere" / "linked_identity"
+    elsewhere.mkdir(parents=True)
+    chips = sorted(ALIGNED.rglob("*.jpg"))[-2:]
+    for chip in chips:
+        shutil.copy(chip, elsewhere / chip.name)
+    (small_tree / "linked_identity").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back_up").symlink_to(small_tree, target_is_directory=True)
+    result = invoke("mask", small_tree, "-o", tmp_path / "out", "--aligned")
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert len(manifest) == 6 + 2 and (manifest.status == "ok").all()
+    assert sorted(manifest.src_path[manifest.identity == "linked_identity"]) == [f"linked_identity/{c.name}" for c in chips]
+
+
 def test_wild_photos_mask_every_face(tmp_path):
     out = tmp_path / "out"
     result = invoke("mask", WILD / "bald_guys.jpg", WILD / "dogs.jpg", "-o", out, "--type", "surgical")
