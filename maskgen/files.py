@@ -21,9 +21,13 @@ _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 _tmp_counter = itertools.count()
 
 
+_TEMP_STEM_BYTES = 200  # of the final name in a temp's: with its ~35-byte tail it stays within NAME_MAX (255)
+
+
 def _open_temp(path: str) -> tuple[int, str]:
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp")
+    stem = os.fsdecode(os.fsencode(name)[:_TEMP_STEM_BYTES])  # a name that fits must not fail for its temp's sake
+    tmp = os.path.join(folder, f".{stem}.{os.getpid()}-{threading.get_ident()}-{next(_tmp_counter)}.tmp")
     try:
         return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
     except FileNotFoundError:
@@ -35,7 +39,11 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
     """Write `data` to `path` atomically; missing folders are made, the temp file is removed
     on any error. (Plain os calls: this runs twice per image, and file objects cost more.)
     `durable`: on disk when this returns (the data before the rename, then the folder's entry)."""
-    fd, tmp = _open_temp(os.fspath(path))
+    path = os.fspath(path)
+    try:
+        fd, tmp = _open_temp(path)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         try:
             view = memoryview(data).cast("B")
@@ -47,11 +55,20 @@ def write_atomic(path: str | Path, data: bytes, durable: bool = False) -> None:
             os.close(fd)
         os.replace(tmp, path)
         if durable:
-            _fsync(os.path.dirname(os.fspath(path)) or ".")
-    except BaseException:
+            _fsync(os.path.dirname(path) or ".")
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
+
+
+def _naming(exc: OSError, path: str) -> OSError:
+    """The error of writing `path` as the caller's file, not as its temp (.NAME.PID-...tmp)."""
+    if exc.errno and exc.filename and exc.filename != path and os.fspath(exc.filename).endswith(".tmp"):
+        return OSError(exc.errno, exc.strerror, path)  # (the errno's own subclass: FileNotFoundError...)
+    return exc
 
 
 def sync_files(paths) -> None:

@@ -131,6 +131,22 @@ def test_a_folder_linked_into_the_tree_is_walked_and_a_link_loop_ends(small_tree
     assert sorted(manifest.src_path[manifest.identity == "linked_identity"]) == [f"linked_identity/{c.name}" for c in chips]
 
 
+def test_an_image_whose_occlusion_name_is_too_long_is_a_row_and_leaves_no_file(small_tree, tmp_path):
+    """NAME_mask.png is 5 bytes longer than NAME.jpg: at 252 bytes the image fits the file
+    system's 255 and its mask does not. The row names the mask; the image is not left behind."""
+    chip = next(small_tree.rglob("*.jpg"))
+    long_name = chip.with_name("x" * 248 + ".jpg")
+    shutil.copy(chip, long_name)
+    out = tmp_path / "out"
+    result = invoke("mask", small_tree, "-o", out, "--aligned")
+    assert result.exit_code == 0, result.output
+    row = pd.read_parquet(out / "manifest.parquet").set_index("src_path").loc[long_name.relative_to(small_tree).as_posix()]
+    assert row.status == "write_error" and row.out_path == "" and row.mask_path == ""
+    assert "File name too long" in row.error and row.error.endswith("x" * 40 + "_mask.png'")
+    assert not (out / long_name.relative_to(small_tree)).exists()
+    assert len([p for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"]) == 6 * 2
+
+
 def test_wild_photos_mask_every_face(tmp_path):
     out = tmp_path / "out"
     result = invoke("mask", WILD / "bald_guys.jpg", WILD / "dogs.jpg", "-o", out, "--type", "surgical")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -542,6 +543,19 @@ def test_write_atomic_failure_leaves_no_file(tmp_path):
         write_atomic(tmp_path / "old.jpg", 12345)  # type: ignore[arg-type]
     assert (tmp_path / "old.jpg").read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["old.jpg"]
+
+
+def test_write_atomic_takes_the_longest_name_the_folder_takes_and_names_the_file_it_refuses(tmp_path):
+    """A temp is named after its file: a 250-byte name, which fits the file system's 255,
+    must not fail for its temp's tail; a name that does not fit is an error naming it."""
+    longest = tmp_path / ("n" * 246 + ".jpg")
+    write_atomic(longest, b"data")
+    assert longest.read_bytes() == b"data"
+    too_long = tmp_path / ("n" * 252 + ".jpg")
+    with pytest.raises(OSError) as refused:
+        write_atomic(too_long, b"data")
+    assert refused.value.errno == errno.ENAMETOOLONG and refused.value.filename == str(too_long)
+    assert os.listdir(tmp_path) == [longest.name]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")

@@ -10,6 +10,7 @@ so a shard's container exists exactly when its manifest does (resume redoes both
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -65,10 +66,20 @@ class FilesSink(Sink):
         self.paths: list[str] = []
 
     def put(self, rows: list[dict], payload: dict[str, bytes]) -> None:
-        for rel, data in payload.items():
-            path = os.path.join(self.root, rel)
-            write_atomic(path, data)
-            self.paths.append(path)
+        """All of a put's files or none: an image whose occlusion cannot be written (a name
+        too long, say) is removed again, so that no file is left that no ok row names."""
+        done = []
+        try:
+            for rel, data in payload.items():
+                path = os.path.join(self.root, rel)
+                write_atomic(path, data)
+                done.append(path)
+        except OSError:
+            for path in done:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        self.paths += done
 
     def written(self) -> list[str]:
         return self.paths
