@@ -147,6 +147,31 @@ def test_an_image_whose_occlusion_name_is_too_long_is_a_row_and_leaves_no_file(s
     assert len([p for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"]) == 6 * 2
 
 
+def test_an_interrupted_run_keeps_a_manifest_of_what_it_did(small_tree, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a batch (here: batches of 2, the interrupt on the 4th image's
+    write): the manifest has the rows of the 2 images done, and the other files the
+    interrupted batch had written are gone, so each file left has its row."""
+    from maskgen.jobs import local, sinks
+
+    monkeypatch.setattr(local, "BATCH_SIZE", 2)
+    put, calls = sinks.FilesSink.put, []
+
+    def put_until_interrupted(self, rows, payload):
+        calls.append(rows[0]["src_path"])
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as Ctrl-C would, between two writes
+        put(self, rows, payload)
+
+    monkeypatch.setattr(sinks.FilesSink, "put", put_until_interrupted)
+    out = tmp_path / "out"
+    result = invoke("mask", small_tree, "-o", out, "--aligned")
+    assert result.exit_code == 130 and "interrupted after 2 of 6 images" in result.output
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert sorted(manifest.src_path) == sorted(calls[:2]) and (manifest.status == "ok").all()
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.parquet"}
+    assert files == set(manifest.out_path) | set(manifest.mask_path)
+
+
 def test_wild_photos_mask_every_face(tmp_path):
     out = tmp_path / "out"
     result = invoke("mask", WILD / "bald_guys.jpg", WILD / "dogs.jpg", "-o", out, "--type", "surgical")

@@ -10,6 +10,8 @@ import typer
 
 from maskgen.cli import options as opt
 
+EXIT_INTERRUPTED = 130
+
 
 def mask(
     paths: Annotated[list[Path], typer.Argument(help="Images and/or folders (walked recursively).", show_default=False)],
@@ -40,7 +42,7 @@ def mask(
     Writes OUT/<dir>/<stem>.<ext> (masked) and OUT/<dir>/<stem>_mask.png (occlusion, 255 =
     covered) for each input, and OUT/manifest.parquet with a row per input, failures included."""
     from maskgen.faces.models import ModelNotFound
-    from maskgen.jobs.local import find_images, mask_images
+    from maskgen.jobs.local import MANIFEST_NAME, Interrupted, find_images, mask_images
     from maskgen.jobs.masking import ImageJob, build_job_config
     from maskgen.jobs.protocol import INTERNAL_ERROR
 
@@ -82,12 +84,17 @@ def mask(
         try:
             rows = mask_images(found, out, config, on_image=advance, job=job)
             if output_format == "rec":  # the one shard into insightface's layout under OUT/rec
-                from maskgen.jobs.local import MANIFEST_NAME, REC_SHARD
+                from maskgen.jobs.local import REC_SHARD
                 from maskgen.pipeline.containers import join_shards
 
                 join_shards([out / MANIFEST_NAME], [out / REC_SHARD], out / "rec")
         except OSError as exc:
             raise opt.fail(f"cannot write to {out}: {exc.strerror or exc}") from None
+        except Interrupted as exc:
+            raise opt.fail(f"interrupted after {exc.done:,} of {exc.total:,} images: {out / MANIFEST_NAME} has their "
+                           "rows (run again to mask them all)", code=EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:
+            raise opt.fail(f"interrupted: {out} is incomplete and has no manifest (run again)", code=EXIT_INTERRUPTED) from None
     if not quiet:
         _print_summary(rows, found, out)
     bugs = sum(r["error"].startswith(INTERNAL_ERROR) for r in rows)

@@ -5,6 +5,7 @@ Outputs mirror the inputs under the output folder; `manifest.parquet` holds a ro
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -91,7 +92,10 @@ def mask_images(
     """Mask every found image into out_dir with `job` (default: a new ImageJob(config));
     write the manifest last; return the rows. `config.output_format` other than files: the
     images go into one container (REC_SHARD + .rec / .mask.rec, to be joined by
-    pipeline.containers.join_shards; WDS_SHARD; or the manifest's byte columns)."""
+    pipeline.containers.join_shards; WDS_SHARD; or the manifest's byte columns).
+    Interrupted (Ctrl-C) with files as the output: the manifest holds the rows of the images
+    done so far, and the files of the batch under way are removed, so that each file left has
+    its row (then Interrupted is raised)."""
     job = job or ImageJob(config)
     gc.freeze()  # what exists now (imports, models) lives to the end: the collector stops rescanning it (~30 us an image)
     rows: list[dict] = []
@@ -105,11 +109,31 @@ def mask_images(
                 if on_image:
                     on_image(image_rows)
         sink.commit()
-    except BaseException:
+    except BaseException as exc:
         sink.abort()
+        if isinstance(exc, KeyboardInterrupt) and config.output_format == "files":  # a container is gone with its abort
+            _keep_what_is_done(rows, sink, out_dir, found.root, config)
+            raise Interrupted(done=len({row["src_path"] for row in rows}), total=len(found.images)) from None
         raise
     write_manifest(rows, out_dir / MANIFEST_NAME, found.root, config, sink.schema(MANIFEST_SCHEMA))
     return rows
+
+
+def _keep_what_is_done(rows: list[dict], sink, out_dir: Path, source_root: Path, config: JobConfig) -> None:
+    """The manifest of the rows so far; the files that none of them names are removed."""
+    named = {os.path.join(out_dir, row[key]) for row in rows for key in ("out_path", "mask_path") if row.get(key)}
+    for path in set(sink.written()) - named:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    write_manifest(rows, out_dir / MANIFEST_NAME, source_root, config)
+
+
+class Interrupted(KeyboardInterrupt):
+    """mask_images was interrupted after `done` of `total` inputs, their rows in the manifest."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"interrupted after {done:,} of {total:,} images")
+        self.done, self.total = done, total
 
 
 REC_SHARD = "rec/shards/shard-00000"  # under OUT: `mask --output-format rec`'s one shard, before the join
