@@ -172,6 +172,18 @@ def test_an_interrupted_run_keeps_a_manifest_of_what_it_did(small_tree, tmp_path
     assert files == set(manifest.out_path) | set(manifest.mask_path)
 
 
+def test_the_input_folder_as_the_output_is_refused_before_anything_is_written(small_tree, tmp_path):
+    """OUT/REL is the input REL itself when OUT is the inputs' folder: the masked images would
+    replace the photos. Inputs named one by one share that folder too."""
+    before = {p: p.read_bytes() for p in small_tree.rglob("*") if p.is_file()}
+    identity = next(p for p in sorted(small_tree.iterdir()))
+    for args in ([small_tree, "-o", small_tree], [*sorted(identity.glob("*.jpg")), "-o", identity]):
+        result = invoke("mask", *args, "--aligned")
+        assert result.exit_code == 2 and "would replace the originals" in result.output
+    assert {p: p.read_bytes() for p in small_tree.rglob("*") if p.is_file()} == before
+    assert invoke("mask", small_tree, "-o", small_tree / "masked", "--aligned").exit_code == 0  # a folder inside: fine
+
+
 def test_wild_photos_mask_every_face(tmp_path):
     out = tmp_path / "out"
     result = invoke("mask", WILD / "bald_guys.jpg", WILD / "dogs.jpg", "-o", out, "--type", "surgical")

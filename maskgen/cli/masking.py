@@ -63,6 +63,9 @@ def mask(
         raise opt.fail(str(exc)) from None
     if not found.images:
         raise opt.fail(f"no images found in {', '.join(map(str, paths))}")
+    if out.resolve() == found.root:  # out/REL would be the input REL itself
+        raise opt.fail(f"the output folder {out} is the input folder {found.root}: the masked images would replace "
+                       "the originals; choose another output folder")
     try:
         job = ImageJob(config)  # loads the models: a missing one is an error before any work
     except ModelNotFound as exc:
