@@ -10,8 +10,6 @@ import typer
 
 from maskgen.cli import options as opt
 
-EXIT_INTERRUPTED = 130
-
 
 def mask(
     paths: Annotated[list[Path], typer.Argument(help="Images and/or folders (walked recursively).", show_default=False)],
@@ -95,9 +93,9 @@ def mask(
             raise opt.fail(f"cannot write to {out}: {exc.strerror or exc}") from None
         except Interrupted as exc:
             raise opt.fail(f"interrupted after {exc.done:,} of {exc.total:,} images: {out / MANIFEST_NAME} has their "
-                           "rows (run again to mask them all)", code=EXIT_INTERRUPTED) from None
+                           "rows (run again to mask them all)", code=opt.EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
-            raise opt.fail(f"interrupted: {out} is incomplete and has no manifest (run again)", code=EXIT_INTERRUPTED) from None
+            raise opt.fail(f"interrupted: {out} is incomplete and has no manifest (run again)", code=opt.EXIT_INTERRUPTED) from None
     if not quiet:
         _print_summary(rows, found, out)
     bugs = sum(r["error"].startswith(INTERNAL_ERROR) for r in rows)

@@ -34,6 +34,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and 
 
 
 EXIT_USAGE = 2  # a user mistake: bad input, options or output
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 def console(stderr: bool = False):

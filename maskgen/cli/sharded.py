@@ -14,7 +14,7 @@ import typer
 
 from maskgen.cli import options as opt
 
-EXIT_FAILED_SHARDS, EXIT_INTERRUPTED = 1, 130  # 2: a user mistake (cli_options.fail)
+EXIT_FAILED_SHARDS = 1  # 2: a user mistake, 130: interrupted (cli.options)
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Plan only: print the inputs, shards, config hash and what a run would do now (shards done / to do); process and write nothing.")]
 RETRY_MAY_CHANGE = ("detector", "upsample")  # what may find the faces a first run missed; all else is the run's identity
@@ -105,7 +105,7 @@ def run_generate_request(request, *, quiet: bool = False, as_json: bool = False,
         raise opt.fail(f"{exc.filename or request.out_dir}: {exc.strerror or exc}", as_json=as_json) from None
     except KeyboardInterrupt:
         opt.console(stderr=True).print("[yellow]interrupted[/yellow]: re-run the same command to finish what is missing")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(opt.EXIT_INTERRUPTED) from None
     if as_json:
         print(json.dumps(summary.to_dict()))  # one line: `maskgen run --json` prints one per stage
     elif not quiet:

@@ -12,8 +12,6 @@ import typer
 
 from maskgen.cli import options as opt
 
-EXIT_INTERRUPTED = 130
-
 
 def video(
     in_video: Annotated[Path, typer.Argument(help="Video to read: any file OpenCV's FFmpeg decodes (mp4, avi, mov, mkv, webm...).", show_default=False)],
@@ -66,7 +64,7 @@ def video(
     except OSError as exc:
         raise opt.fail(f"cannot write {out_video}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
-        raise opt.fail(f"interrupted; {out_video} was not written", code=EXIT_INTERRUPTED) from None
+        raise opt.fail(f"interrupted; {out_video} was not written", code=opt.EXIT_INTERRUPTED) from None
     if not quiet:
         width, height = summary.size
         rate = summary.frames / max(summary.seconds, 1e-9)
